@@ -1,0 +1,91 @@
+//! `medqlora bench`: throughput measurements (run on the device for GPU figures).
+
+use super::{load_model, model_dir, DeviceArgs};
+use crate::backend::{dispatch, BackendTask};
+use crate::generate::{generate, SamplingConfig};
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+use std::path::PathBuf;
+
+/// Benchmarks.
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Prefill and decode speed of `generate` (stop tokens ignored, batch 1).
+    Generate(BenchGenerateArgs),
+}
+
+/// Arguments of `bench generate`.
+#[derive(clap::Args, Debug)]
+pub struct BenchGenerateArgs {
+    /// Hugging Face checkpoint folder (weights may be random: speed does not depend on them).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Prompt length in tokens.
+    #[arg(long, default_value_t = 128)]
+    pub prompt_tokens: usize,
+    /// Tokens to generate per run.
+    #[arg(long, default_value_t = 128)]
+    pub new_tokens: usize,
+    /// Untimed warm-up runs (kernel compilation and autotuning happen there).
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Timed runs; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+struct GenTask(BenchGenerateArgs);
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+impl BackendTask for GenTask {
+    type Output = anyhow::Result<()>;
+    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
+        let a = &self.0;
+        let model = load_model::<B>(&a.model, &device)?;
+        let vocab = model.config.vocab_size as u32;
+        // A fixed, non-degenerate prompt: token ids spread over the vocabulary.
+        let prompt: Vec<u32> = (0..a.prompt_tokens as u32).map(|i| (i * 7919 + 13) % vocab).collect();
+        let cfg = SamplingConfig::greedy(a.new_tokens, Vec::new());
+        for _ in 0..a.warmup {
+            generate(&model, &prompt, &cfg, |_| {});
+        }
+        let (mut prefill, mut decode) = (Vec::new(), Vec::new());
+        for _ in 0..a.runs.max(1) {
+            let g = generate(&model, &prompt, &cfg, |_| {});
+            prefill.push(g.prefill_tokens_per_sec());
+            decode.push(g.decode_tokens_per_sec());
+        }
+        let bytes = model.num_params() * if matches!(a.device.dtype, crate::backend::ComputeDtype::Bf16) { 2 } else { 4 };
+        println!(
+            "bench generate | {} | {} {:?} | weights {:.2} GB | prompt {} tok: prefill {:.1} tok/s | {} new tok: decode {:.2} tok/s (median of {})",
+            a.model.display(),
+            a.device.device,
+            a.device.dtype,
+            bytes as f64 / 1e9,
+            a.prompt_tokens,
+            median(prefill),
+            a.new_tokens,
+            median(decode),
+            a.runs.max(1)
+        );
+        Ok(())
+    }
+}
+
+/// Entry point of `medqlora bench`.
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Generate(args) => {
+            model_dir(&args.model)?;
+            anyhow::ensure!(args.prompt_tokens > 0 && args.new_tokens > 0, "--prompt-tokens and --new-tokens must be > 0");
+            let (device, dtype) = (args.device.device, args.device.dtype);
+            dispatch(device, dtype, GenTask(args))?
+        }
+    }
+}

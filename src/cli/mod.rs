@@ -1,0 +1,48 @@
+//! Command-line front end: one file per subcommand; anyhow lives only here.
+
+pub mod bench;
+pub mod generate;
+
+use crate::backend::{ComputeDtype, DeviceSpec};
+use crate::model::{Qwen2ForCausalLM, TextConfig, WeightStore};
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Device and precision flags shared by every subcommand that runs a model.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// Where to run: cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Compute dtype: f32 (CPU and CUDA) or bf16 (CUDA).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: ComputeDtype,
+}
+
+/// Loads a HF checkpoint folder onto `device`, printing a one-line summary to stderr.
+pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> anyhow::Result<Qwen2ForCausalLM<B>> {
+    let start = Instant::now();
+    let config = TextConfig::from_dir(dir)?;
+    let store = WeightStore::open(dir)?;
+    let model = Qwen2ForCausalLM::<B>::load(&config, &store, device)?;
+    eprintln!(
+        "loaded {} ({} layers, {:.1}M parameters) in {:.1}s",
+        dir.display(),
+        config.num_hidden_layers,
+        model.num_params() as f64 / 1e6,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(model)
+}
+
+/// A `--model` folder argument, checked to exist before any work starts.
+pub fn model_dir(path: &Path) -> anyhow::Result<PathBuf> {
+    anyhow::ensure!(
+        path.is_dir(),
+        "model folder {} does not exist: pass --model a Hugging Face checkpoint folder (config.json, model.safetensors, tokenizer.json)",
+        path.display()
+    );
+    Ok(path.to_owned())
+}

@@ -1,0 +1,11 @@
+//! medqlora: QLoRA fine-tuning of Qwen2.5 / Qwen2.5-VL for clinical document extraction.
+//!
+//! Data path: model folder (HF config + safetensors + tokenizer) -> [`model`] (Burn modules
+//! with HF parameter names) -> [`generate`]; the backend is picked once in [`backend`].
+
+pub mod backend;
+pub mod chat;
+pub mod generate;
+pub mod model;
+pub mod tokenizer;
+pub mod cli;

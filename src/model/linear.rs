@@ -1,0 +1,47 @@
+//! The one linear-layer abstraction of the model. Every projection (`q_proj` … `down_proj`,
+//! `lm_head`) is a [`Linear`], so that later weight formats (NF4, issue "NF4") and LoRA
+//! wrappers (issue "QLoRA trainer") slot in here without the decoder code knowing.
+//!
+//! Weights keep the Hugging Face layout `[out_features, in_features]` and the HF parameter
+//! names; `y = x W^T + b` like `torch.nn.Linear`.
+
+use burn::module::{Module, Param};
+use burn::tensor::{backend::Backend, Tensor};
+
+/// A frozen (or trainable) dense linear layer in HF layout.
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    /// `[out_features, in_features]`, as stored in HF checkpoints.
+    pub weight: Param<Tensor<B, 2>>,
+    /// `[out_features]`, when the layer has a bias (Qwen2 q/k/v do, o_proj and the MLP do not).
+    pub bias: Option<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> Linear<B> {
+    /// Wraps loaded tensors. Base weights are frozen: training only ever updates adapters.
+    pub fn frozen(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Self {
+        Self {
+            weight: Param::from_tensor(weight).set_require_grad(false),
+            bias: bias.map(|b| Param::from_tensor(b).set_require_grad(false)),
+        }
+    }
+
+    /// `[out_features, in_features]`.
+    pub fn dims(&self) -> [usize; 2] {
+        self.weight.val().dims()
+    }
+
+    /// `x: [batch, seq, in] -> [batch, seq, out]`.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, s, k] = x.dims();
+        let [n, _] = self.dims();
+        // One 2-D GEMM over all tokens: the matmul kernels are fastest (and the NF4 kernels
+        // are written) for a plain [M, K] x [K, N] problem.
+        let y = x.reshape([b * s, k]).matmul(self.weight.val().transpose());
+        let y = match &self.bias {
+            Some(bias) => y + bias.val().unsqueeze_dim(0),
+            None => y,
+        };
+        y.reshape([b, s, n])
+    }
+}

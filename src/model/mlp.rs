@@ -1,0 +1,25 @@
+//! SwiGLU MLP, transformers `models/qwen2/modeling_qwen2.py::Qwen2MLP`:
+//! `down_proj(silu(gate_proj(x)) * up_proj(x))`.
+
+use super::linear::Linear;
+use burn::module::Module;
+use burn::tensor::{activation::silu, backend::Backend, Tensor};
+
+/// The gated feed-forward block of a decoder layer.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    /// `[intermediate, hidden]`.
+    pub gate_proj: Linear<B>,
+    /// `[intermediate, hidden]`.
+    pub up_proj: Linear<B>,
+    /// `[hidden, intermediate]`.
+    pub down_proj: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    /// `x: [batch, seq, hidden] -> [batch, seq, hidden]`.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let gate = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}

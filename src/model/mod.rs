@@ -1,0 +1,17 @@
+//! The Qwen2 / Qwen2.5 model family in Burn, HF names and layouts kept end to end.
+
+pub mod attention;
+pub mod config;
+pub mod kv_cache;
+pub mod linear;
+pub mod load;
+pub mod mlp;
+pub mod norm;
+pub mod rope;
+pub mod text;
+
+pub use config::{ConfigError, TextConfig};
+pub use kv_cache::KvCache;
+pub use load::{LoadError, WeightStore};
+pub use rope::PositionIds;
+pub use text::{ForwardOutput, Qwen2ForCausalLM};

@@ -1,0 +1,215 @@
+//! The Qwen2 / Qwen2.5 decoder and causal-LM head. Follows transformers
+//! `models/qwen2/modeling_qwen2.py` (`Qwen2DecoderLayer`, `Qwen2Model`, `Qwen2ForCausalLM`);
+//! the same module is the language model of Qwen2.5-VL
+//! (`models/qwen2_5_vl/modeling_qwen2_5_vl.py::Qwen2_5_VLTextModel`), which differs only in
+//! taking 3-D (M-RoPE) position ids and, later, image embeddings spliced into the input.
+//!
+//! Parameter paths are the HF ones: `model.layers.3.self_attn.q_proj.weight`.
+
+use super::attention::{Attention, AttentionInputs};
+use super::config::TextConfig;
+use super::kv_cache::KvCache;
+use super::linear::Linear;
+use super::load::{LoadError, WeightStore};
+use super::mlp::Mlp;
+use super::norm::RmsNorm;
+use super::rope::{PositionIds, Rotary};
+use burn::module::{Module, Param};
+use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
+
+/// One pre-norm decoder block: attention and MLP, each with a residual connection.
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    /// Norm before attention.
+    pub input_layernorm: RmsNorm<B>,
+    /// Grouped-query self-attention.
+    pub self_attn: Attention<B>,
+    /// Norm before the MLP.
+    pub post_attention_layernorm: RmsNorm<B>,
+    /// SwiGLU feed-forward.
+    pub mlp: Mlp<B>,
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    /// `x: [batch, seq, hidden] -> [batch, seq, hidden]`.
+    pub fn forward(&self, x: Tensor<B, 3>, inputs: &AttentionInputs<'_, B>, cache: Option<(&mut KvCache<B>, usize)>) -> Tensor<B, 3> {
+        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), inputs, cache);
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    }
+}
+
+/// `Qwen2Model`: embeddings, decoder layers, final norm.
+#[derive(Module, Debug)]
+pub struct Qwen2Model<B: Backend> {
+    /// `[vocab, hidden]`.
+    pub embed_tokens: Param<Tensor<B, 2>>,
+    /// The decoder stack.
+    pub layers: Vec<DecoderLayer<B>>,
+    /// Final norm.
+    pub norm: RmsNorm<B>,
+    /// RoPE tables' inputs (not parameters).
+    #[module(skip)]
+    pub rotary: Rotary,
+}
+
+/// `Qwen2ForCausalLM`: the decoder plus the vocabulary projection.
+#[derive(Module, Debug)]
+pub struct Qwen2ForCausalLM<B: Backend> {
+    /// The decoder.
+    pub model: Qwen2Model<B>,
+    /// `[vocab, hidden]`; `None` when tied to `model.embed_tokens`.
+    pub lm_head: Option<Linear<B>>,
+    /// The resolved configuration.
+    #[module(skip)]
+    pub config: TextConfig,
+}
+
+/// Outputs of a full forward.
+pub struct ForwardOutput<B: Backend> {
+    /// `[batch, seq, vocab]`.
+    pub logits: Tensor<B, 3>,
+    /// Embeddings and the output of every layer (before the final norm), as in HF's
+    /// `output_hidden_states` except that HF replaces the last entry with the normed one.
+    pub hidden_states: Vec<Tensor<B, 3>>,
+}
+
+/// `true` where query `i` (absolute position `past + i`) must not see key `j`:
+/// `[1, 1, 1, seq, past + seq]`.
+pub fn causal_mask<B: Backend>(seq: usize, past: usize, device: &B::Device) -> Tensor<B, 5, Bool> {
+    let total = past + seq;
+    let mask: Vec<bool> = (0..seq).flat_map(|i| (0..total).map(move |j| j > past + i)).collect();
+    Tensor::from_data(TensorData::new(mask, [1, 1, 1, seq, total]), device)
+}
+
+impl<B: Backend> Qwen2ForCausalLM<B> {
+    /// Loads every tensor by its HF name, checking shapes against `config`.
+    pub fn load(config: &TextConfig, store: &WeightStore, device: &B::Device) -> Result<Self, LoadError> {
+        let c = config;
+        let (hd, kv, inter, v) = (c.hidden_size, c.kv_dim(), c.intermediate_size, c.vocab_size);
+        let q_dim = c.num_attention_heads * c.head_dim;
+        let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear<B>, LoadError> {
+            let w = store.tensor::<B, 2>(&format!("{name}.weight"), [out, inp], device)?;
+            let b = if bias { Some(store.tensor::<B, 1>(&format!("{name}.bias"), [out], device)?) } else { None };
+            Ok(Linear::frozen(w, b))
+        };
+        let norm = |name: &str| -> Result<RmsNorm<B>, LoadError> {
+            Ok(RmsNorm::frozen(store.tensor::<B, 1>(&format!("{name}.weight"), [hd], device)?, c.rms_norm_eps))
+        };
+        // Qwen2.5-VL checkpoints written by transformers >= 4.52 nest the decoder under
+        // model.language_model; older ones (and every Qwen2) keep it at model.
+        let prefix = if store.contains("model.language_model.embed_tokens.weight") { "model.language_model" } else { "model" };
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("{prefix}.layers.{i}");
+            layers.push(DecoderLayer {
+                input_layernorm: norm(&format!("{p}.input_layernorm"))?,
+                self_attn: Attention {
+                    q_proj: linear(&format!("{p}.self_attn.q_proj"), q_dim, hd, true)?,
+                    k_proj: linear(&format!("{p}.self_attn.k_proj"), kv, hd, true)?,
+                    v_proj: linear(&format!("{p}.self_attn.v_proj"), kv, hd, true)?,
+                    o_proj: linear(&format!("{p}.self_attn.o_proj"), hd, q_dim, false)?,
+                    num_heads: c.num_attention_heads,
+                    num_kv_heads: c.num_key_value_heads,
+                    head_dim: c.head_dim,
+                },
+                post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm"))?,
+                mlp: Mlp {
+                    gate_proj: linear(&format!("{p}.mlp.gate_proj"), inter, hd, false)?,
+                    up_proj: linear(&format!("{p}.mlp.up_proj"), inter, hd, false)?,
+                    down_proj: linear(&format!("{p}.mlp.down_proj"), hd, inter, false)?,
+                },
+            });
+        }
+        let embed = store.tensor::<B, 2>(&format!("{prefix}.embed_tokens.weight"), [v, hd], device)?;
+        // Tied checkpoints usually omit lm_head.weight; some still store a copy.
+        let lm_head = if c.tie_word_embeddings { None } else { Some(linear("lm_head", v, hd, false)?) };
+        Ok(Self {
+            model: Qwen2Model {
+                embed_tokens: Param::from_tensor(embed).set_require_grad(false),
+                layers,
+                norm: norm(&format!("{prefix}.norm"))?,
+                rotary: Rotary::new(c.head_dim, c.rope_theta, c.mrope_section.as_deref()),
+            },
+            lm_head,
+            config: c.clone(),
+        })
+    }
+
+    /// Token embeddings: `ids: [batch, seq] -> [batch, seq, hidden]`.
+    pub fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [b, s] = ids.dims();
+        let w = self.model.embed_tokens.val();
+        let hidden = w.dims()[1];
+        w.select(0, ids.reshape([b * s])).reshape([b, s, hidden])
+    }
+
+    /// Vocabulary projection: `[batch, seq, hidden] -> [batch, seq, vocab]`.
+    pub fn project(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.lm_head {
+            Some(head) => head.forward(h),
+            None => {
+                let [b, s, d] = h.dims();
+                let w = self.model.embed_tokens.val();
+                let v = w.dims()[0];
+                h.reshape([b * s, d]).matmul(w.transpose()).reshape([b, s, v])
+            }
+        }
+    }
+
+    /// Runs the decoder on input embeddings. `embeds: [batch, seq, hidden]`; positions default
+    /// to `past..past+seq` (text). With `cache`, keys/values are appended and reused.
+    /// Returns the final-normed hidden states `[batch, seq, hidden]` and, when asked, every
+    /// layer's input.
+    pub fn decode(
+        &self,
+        embeds: Tensor<B, 3>,
+        positions: Option<&PositionIds>,
+        mut cache: Option<&mut KvCache<B>>,
+        keep_hidden: bool,
+    ) -> (Tensor<B, 3>, Vec<Tensor<B, 3>>) {
+        let [b, s, _] = embeds.dims();
+        let device = embeds.device();
+        let past = cache.as_ref().map_or(0, |c| c.seq_len());
+        let text_pos;
+        let pos = match positions {
+            Some(p) => p,
+            None => {
+                text_pos = PositionIds::text(b, s, past);
+                &text_pos
+            }
+        };
+        let (cos, sin) = self.model.rotary.cos_sin::<B>(pos, &device);
+        let mask = causal_mask::<B>(s, past, &device);
+        let inputs = AttentionInputs { cos: &cos, sin: &sin, mask: &mask };
+        let mut hidden = Vec::new();
+        let mut x = embeds;
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            if keep_hidden {
+                hidden.push(x.clone());
+            }
+            x = layer.forward(x, &inputs, cache.as_deref_mut().map(|c| (c, i)));
+        }
+        if keep_hidden {
+            hidden.push(x.clone());
+        }
+        (self.model.norm.forward(x), hidden)
+    }
+
+    /// Full forward over token ids `[batch, seq]` without a cache.
+    pub fn forward(&self, ids: Tensor<B, 2, Int>, keep_hidden: bool) -> ForwardOutput<B> {
+        let (h, hidden_states) = self.decode(self.embed(ids), None, None, keep_hidden);
+        ForwardOutput { logits: self.project(h), hidden_states }
+    }
+
+    /// Forward through the cache; returns the logits of the last position only, `[batch, vocab]`.
+    pub fn forward_cached(&self, ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 2> {
+        let (h, _) = self.decode(self.embed(ids), None, Some(cache), false);
+        let [b, s, _] = h.dims();
+        self.project(h.narrow(1, s - 1, 1)).reshape([b, self.config.vocab_size])
+    }
+
+    /// A fresh cache sized for this model.
+    pub fn new_cache(&self) -> KvCache<B> {
+        KvCache::new(self.model.layers.len())
+    }
+}

@@ -1,0 +1,97 @@
+//! Helpers shared by the integration tests: fixture paths, reference tensors, backends and
+//! the error bounds each backend is held to.
+#![allow(dead_code)]
+
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// `tests/fixtures/<name>`.
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures").join(name)
+}
+
+/// The real pretrained checkpoint made by `tools/fetch-model.sh` (absent in a fresh clone).
+pub fn real_model_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models").join("qwen2.5-0.5b");
+    if dir.join("model.safetensors").exists() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "SKIPPED: real model not found at {} (run `bash tools/fetch-model.sh` to build it)",
+            dir.display()
+        );
+        None
+    }
+}
+
+/// Every tensor of a reference safetensors file, as f32 or i64 data.
+pub fn reference(path: PathBuf) -> HashMap<String, TensorData> {
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let shape = view.shape().to_vec();
+            let data = match view.dtype() {
+                safetensors::Dtype::F32 => TensorData::new(
+                    view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>(),
+                    shape,
+                ),
+                safetensors::Dtype::I64 => TensorData::new(
+                    view.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>(),
+                    shape,
+                ),
+                other => panic!("unexpected dtype {other:?} in {}", path.display()),
+            };
+            (name, data)
+        })
+        .collect()
+}
+
+/// Integer ids onto a device.
+pub fn ids<B: Backend, const D: usize>(data: &TensorData, device: &B::Device) -> Tensor<B, D, Int> {
+    Tensor::from_data(data.clone(), device)
+}
+
+/// Largest absolute difference between two float tensors of the same shape.
+pub fn max_abs_diff(a: &TensorData, b: &TensorData) -> f32 {
+    assert_eq!(a.shape, b.shape, "shapes differ");
+    let a = a.clone().convert::<f32>().to_vec::<f32>().unwrap();
+    let b = b.clone().convert::<f32>().to_vec::<f32>().unwrap();
+    a.iter().zip(&b).map(|(x, y)| if x.is_nan() || y.is_nan() { f32::INFINITY } else { (x - y).abs() }).fold(0.0, f32::max)
+}
+
+/// One backend under test, with the error bound its f32 arithmetic allows.
+pub struct Target<B: Backend> {
+    /// Printed in failures.
+    pub name: &'static str,
+    /// The device to run on.
+    pub device: B::Device,
+    /// Max-abs logits bound for the fixture models (|logits| up to ~5).
+    pub logits_tol: f32,
+}
+
+/// CPU: exact f32 arithmetic, so the 1e-4 bound.
+pub const CPU_LOGITS_TOL: f32 = 1e-4;
+/// CUDA f32: cubecl's matmul feeds f32 through tensor cores at TF32 precision (10-bit
+/// mantissa, ~5e-4 relative per product), measured ~6e-3 row errors on the H200.
+pub const CUDA_F32_LOGITS_TOL: f32 = 3e-2;
+
+/// Runs `f` on the CPU backend and, in CUDA builds, on CUDA device 0 too.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($f:ident) => {{
+        $f(common::Target::<medqlora::backend::CpuBackend> {
+            name: "cpu",
+            device: Default::default(),
+            logits_tol: common::CPU_LOGITS_TOL,
+        });
+        #[cfg(feature = "cuda")]
+        $f(common::Target::<burn::backend::Cuda<f32>> {
+            name: "cuda f32",
+            device: burn::backend::cuda::CudaDevice::new(0),
+            logits_tol: common::CUDA_F32_LOGITS_TOL,
+        });
+    }};
+}
