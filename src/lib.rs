@@ -7,5 +7,6 @@ pub mod backend;
 pub mod chat;
 pub mod generate;
 pub mod model;
+pub mod quant;
 pub mod tokenizer;
 pub mod cli;

@@ -35,13 +35,20 @@ impl<B: Backend> Linear<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, s, k] = x.dims();
         let [n, _] = self.dims();
-        // One 2-D GEMM over all tokens: the matmul kernels are fastest (and the NF4 kernels
-        // are written) for a plain [M, K] x [K, N] problem.
-        let y = x.reshape([b * s, k]).matmul(self.weight.val().transpose());
+        let y = matmul_weight_t(x.reshape([b * s, k]), self.weight.val());
         let y = match &self.bias {
             Some(bias) => y + bias.val().unsqueeze_dim(0),
             None => y,
         };
         y.reshape([b, s, n])
     }
+}
+
+/// `x [M, K] @ w[N, K]^T -> [M, N]` for a weight kept in HF `[N, K]` layout.
+///
+/// Computed as `(w @ x^T)^T`: a backend that copies a non-contiguous operand into a
+/// contiguous one before its GEMM (burn-ndarray does) then copies the small activation, not
+/// the weight: measured on the 0.5B model's CPU decode, 0.28 -> see BENCHMARKS.md.
+pub fn matmul_weight_t<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
+    w.matmul(x.transpose()).transpose()
 }

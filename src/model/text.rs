@@ -9,7 +9,7 @@
 use super::attention::{Attention, AttentionInputs};
 use super::config::TextConfig;
 use super::kv_cache::KvCache;
-use super::linear::Linear;
+use super::linear::{matmul_weight_t, Linear};
 use super::load::{LoadError, WeightStore};
 use super::mlp::Mlp;
 use super::norm::RmsNorm;
@@ -151,7 +151,7 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
                 let [b, s, d] = h.dims();
                 let w = self.model.embed_tokens.val();
                 let v = w.dims()[0];
-                h.reshape([b * s, d]).matmul(w.transpose()).reshape([b, s, v])
+                matmul_weight_t(h.reshape([b * s, d]), w).reshape([b, s, v])
             }
         }
     }

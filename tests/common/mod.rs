@@ -6,14 +6,21 @@ use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+/// The checkout's root: where cargo built the test, or the working directory when a test
+/// binary built elsewhere is run from a copy of the checkout (the GPU device does that).
+pub fn root() -> PathBuf {
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if built.join("tests").is_dir() { built } else { std::env::current_dir().unwrap() }
+}
+
 /// `tests/fixtures/<name>`.
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures").join(name)
+    root().join("tests").join("fixtures").join(name)
 }
 
 /// The real pretrained checkpoint made by `tools/fetch-model.sh` (absent in a fresh clone).
 pub fn real_model_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models").join("qwen2.5-0.5b");
+    let dir = root().join("models").join("qwen2.5-0.5b");
     if dir.join("model.safetensors").exists() {
         Some(dir)
     } else {
@@ -25,7 +32,7 @@ pub fn real_model_dir() -> Option<PathBuf> {
     }
 }
 
-/// Every tensor of a reference safetensors file, as f32 or i64 data.
+/// Every tensor of a reference safetensors file (bf16 widened to f32; u8 and i64 kept).
 pub fn reference(path: PathBuf) -> HashMap<String, TensorData> {
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -38,6 +45,11 @@ pub fn reference(path: PathBuf) -> HashMap<String, TensorData> {
                     view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>(),
                     shape,
                 ),
+                safetensors::Dtype::BF16 => TensorData::new(
+                    view.data().chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect::<Vec<_>>(),
+                    shape,
+                ),
+                safetensors::Dtype::U8 => TensorData::new(view.data().to_vec(), shape),
                 safetensors::Dtype::I64 => TensorData::new(
                     view.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>(),
                     shape,
@@ -94,4 +106,11 @@ macro_rules! on_every_backend {
             logits_tol: common::CUDA_F32_LOGITS_TOL,
         });
     }};
+}
+
+/// The `__metadata__` of a safetensors file.
+pub fn metadata(path: PathBuf) -> HashMap<String, String> {
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    meta.metadata().clone().unwrap_or_default()
 }

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Builds the CUDA binary and CUDA test binaries here (the device has no Rust toolchain) and
+# packs them, xz-compressed, into .carry/ (git-ignored) for the device tool's `carry`.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+mkdir -p .carry && rm -f .carry/*.xz
+cargo build --release --features cuda
+cargo test --release --features cuda --no-run --message-format=json 2>/dev/null \
+  | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["target"]["name"], m["executable"])' > .carry/tests.txt
+cp target/release/medqlora .carry/medqlora
+# Only the suites that exercise the CUDA backend travel (64 MiB per call).
+while read -r name exe; do
+  grep -qx "$name" tools/device/gpu-tests.txt && cp "$exe" ".carry/test-$name"
+done < .carry/tests.txt
+xz -T2 -6 -f .carry/medqlora .carry/test-*
+du -sh .carry; ls -la .carry
