@@ -15,14 +15,28 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt with a Hugging Face checkpoint (greedy by default).
     Generate(cli::generate::GenerateArgs),
+    /// Parameter counts and weight memory (bf16 vs NF4) from a config.json.
+    Inspect(cli::inspect::InspectArgs),
+    /// Quantize a checkpoint to NF4 in the bitsandbytes layout.
+    Quantize(cli::quantize::QuantizeArgs),
     /// Speed measurements.
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> std::process::ExitCode {
+    let result = match Cli::parse().command {
         Command::Generate(args) => cli::generate::run(args),
+        Command::Inspect(args) => cli::inspect::run(args),
+        Command::Quantize(args) => cli::quantize::run(args),
         Command::Bench(cmd) => cli::bench::run(cmd),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the whole cause chain on one line; no backtrace for user errors.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

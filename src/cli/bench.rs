@@ -3,7 +3,6 @@
 use super::{load_model, model_dir, DeviceArgs};
 use crate::backend::{dispatch, BackendTask};
 use crate::generate::{generate, SamplingConfig};
-use burn::module::Module;
 use burn::tensor::backend::Backend;
 use std::path::PathBuf;
 
@@ -32,6 +31,9 @@ pub struct BenchGenerateArgs {
     /// Timed runs; the median is reported.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
+    /// Weight format of the frozen base: none (as stored) or nf4 (quantize while loading).
+    #[arg(long, value_enum, default_value = "none")]
+    pub quantize: super::QuantizeFlag,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -47,7 +49,7 @@ impl BackendTask for GenTask {
     type Output = anyhow::Result<()>;
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
         let a = &self.0;
-        let model = load_model::<B>(&a.model, &device)?;
+        let model = load_model::<B>(&a.model, &device, a.quantize)?;
         let vocab = model.config.vocab_size as u32;
         // A fixed, non-degenerate prompt: token ids spread over the vocabulary.
         let prompt: Vec<u32> = (0..a.prompt_tokens as u32).map(|i| (i * 7919 + 13) % vocab).collect();
@@ -61,12 +63,13 @@ impl BackendTask for GenTask {
             prefill.push(g.prefill_tokens_per_sec());
             decode.push(g.decode_tokens_per_sec());
         }
-        let bytes = model.num_params() * if matches!(a.device.dtype, crate::backend::ComputeDtype::Bf16) { 2 } else { 4 };
+        let bytes = model.resident_bytes();
         println!(
-            "bench generate | {} | {} {:?} | weights {:.2} GB | prompt {} tok: prefill {:.1} tok/s | {} new tok: decode {:.2} tok/s (median of {})",
+            "bench generate | {} | {} {:?} {:?} | weights {:.2} GB | prompt {} tok: prefill {:.1} tok/s | {} new tok: decode {:.2} tok/s (median of {})",
             a.model.display(),
             a.device.device,
             a.device.dtype,
+            a.quantize,
             bytes as f64 / 1e9,
             a.prompt_tokens,
             median(prefill),

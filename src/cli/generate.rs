@@ -40,6 +40,9 @@ pub struct GenerateArgs {
     /// Seed of the sampling RNG.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Weight format of the frozen base: none (as stored) or nf4 (quantize while loading).
+    #[arg(long, value_enum, default_value = "none")]
+    pub quantize: super::QuantizeFlag,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -61,7 +64,7 @@ impl BackendTask for Task {
         };
         let ids = tokenizer.encode(&text)?;
         anyhow::ensure!(!ids.is_empty(), "the prompt is empty after tokenization");
-        let model = load_model::<B>(&args.model, &device)?;
+        let model = load_model::<B>(&args.model, &device, args.quantize)?;
         let cfg = SamplingConfig {
             max_new_tokens: args.max_new_tokens,
             temperature: args.temperature,

@@ -2,9 +2,11 @@
 
 pub mod bench;
 pub mod generate;
+pub mod inspect;
+pub mod quantize;
 
 use crate::backend::{ComputeDtype, DeviceSpec};
-use crate::model::{Qwen2ForCausalLM, TextConfig, WeightStore};
+use crate::model::{QuantizeOnLoad, Qwen2ForCausalLM, TextConfig, WeightStore};
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use std::path::{Path, PathBuf};
@@ -21,17 +23,28 @@ pub struct DeviceArgs {
     pub dtype: ComputeDtype,
 }
 
+/// Weight format of the frozen base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QuantizeFlag {
+    /// Keep the checkpoint's dense weights (NF4 checkpoints stay NF4).
+    None,
+    /// Quantize linear weights to NF4 while loading (blocksize 64, double quant, lm_head dense).
+    Nf4,
+}
+
 /// Loads a HF checkpoint folder onto `device`, printing a one-line summary to stderr.
-pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> anyhow::Result<Qwen2ForCausalLM<B>> {
+pub fn load_model<B: Backend>(dir: &Path, device: &B::Device, quantize: QuantizeFlag) -> anyhow::Result<Qwen2ForCausalLM<B>> {
     let start = Instant::now();
     let config = TextConfig::from_dir(dir)?;
     let store = WeightStore::open(dir)?;
-    let model = Qwen2ForCausalLM::<B>::load(&config, &store, device)?;
+    let q = QuantizeOnLoad::default();
+    let model = Qwen2ForCausalLM::<B>::load_with(&config, &store, device, (quantize == QuantizeFlag::Nf4).then_some(&q))?;
     eprintln!(
-        "loaded {} ({} layers, {:.1}M parameters) in {:.1}s",
+        "loaded {} ({} layers, {:.1}M parameters, {:.2} GB resident) in {:.1}s",
         dir.display(),
         config.num_hidden_layers,
         model.num_params() as f64 / 1e6,
+        model.resident_bytes() as f64 / 1e9,
         start.elapsed().as_secs_f64()
     );
     Ok(model)

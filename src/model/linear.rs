@@ -5,14 +5,25 @@
 //! Weights keep the Hugging Face layout `[out_features, in_features]` and the HF parameter
 //! names; `y = x W^T + b` like `torch.nn.Linear`.
 
+use super::nf4_weight::Nf4Weight;
+use crate::quant::nf4::Nf4Tensor;
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, Tensor};
 
-/// A frozen (or trainable) dense linear layer in HF layout.
+/// How the frozen weight is stored.
+#[derive(Module, Debug)]
+pub enum LinearWeight<B: Backend> {
+    /// Dense `[out, in]` in the compute dtype.
+    Dense(Param<Tensor<B, 2>>),
+    /// NF4 in the bitsandbytes layout, dequantized per product.
+    Nf4(Nf4Weight<B>),
+}
+
+/// A linear layer in HF layout whose weight is dense or NF4.
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
     /// `[out_features, in_features]`, as stored in HF checkpoints.
-    pub weight: Param<Tensor<B, 2>>,
+    pub weight: LinearWeight<B>,
     /// `[out_features]`, when the layer has a bias (Qwen2 q/k/v do, o_proj and the MLP do not).
     pub bias: Option<Param<Tensor<B, 1>>>,
 }
@@ -21,21 +32,49 @@ impl<B: Backend> Linear<B> {
     /// Wraps loaded tensors. Base weights are frozen: training only ever updates adapters.
     pub fn frozen(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Self {
         Self {
-            weight: Param::from_tensor(weight).set_require_grad(false),
+            weight: LinearWeight::Dense(Param::from_tensor(weight).set_require_grad(false)),
+            bias: bias.map(|b| Param::from_tensor(b).set_require_grad(false)),
+        }
+    }
+
+    /// A frozen NF4 layer: the packed codes and scales go to the device as they are.
+    pub fn nf4(weight: &Nf4Tensor, bias: Option<Tensor<B, 1>>, device: &B::Device) -> Self {
+        Self {
+            weight: LinearWeight::Nf4(Nf4Weight::from_host(weight, device)),
             bias: bias.map(|b| Param::from_tensor(b).set_require_grad(false)),
         }
     }
 
     /// `[out_features, in_features]`.
     pub fn dims(&self) -> [usize; 2] {
-        self.weight.val().dims()
+        match &self.weight {
+            LinearWeight::Dense(w) => w.val().dims(),
+            LinearWeight::Nf4(w) => w.shape,
+        }
+    }
+
+    /// Bytes the weight and bias occupy on the device.
+    pub fn resident_bytes(&self) -> usize {
+        let bias = self.bias.as_ref().map_or(0, |b| b.val().dims()[0] * b.val().dtype().size());
+        bias + match &self.weight {
+            LinearWeight::Dense(w) => w.val().shape().num_elements() * w.val().dtype().size(),
+            LinearWeight::Nf4(w) => w.resident_bytes(),
+        }
+    }
+
+    /// The weight as a dense tensor (dequantized when stored as NF4).
+    pub fn dense_weight(&self) -> Tensor<B, 2> {
+        match &self.weight {
+            LinearWeight::Dense(w) => w.val(),
+            LinearWeight::Nf4(w) => w.dequantize(),
+        }
     }
 
     /// `x: [batch, seq, in] -> [batch, seq, out]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, s, k] = x.dims();
         let [n, _] = self.dims();
-        let y = matmul_weight_t(x.reshape([b * s, k]), self.weight.val());
+        let y = matmul_weight_t(x.reshape([b * s, k]), self.dense_weight());
         let y = match &self.bias {
             Some(bias) => y + bias.val().unsqueeze_dim(0),
             None => y,

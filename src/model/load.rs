@@ -22,6 +22,8 @@ pub enum LoadError {
     Missing { name: String, dir: PathBuf },
     #[error("tensor {name} has shape {found:?}, expected {expected:?}: the checkpoint does not match config.json")]
     Shape { name: String, found: Vec<usize>, expected: Vec<usize> },
+    #[error("quantized tensor {name}: {problem}")]
+    Quant { name: String, problem: String },
     #[error("tensor {name} has dtype {found}; medqlora reads F32, F16 and BF16 weights")]
     Dtype { name: String, found: String },
 }
@@ -89,6 +91,44 @@ impl WeightStore {
         let mut v: Vec<&str> = self.index.keys().map(String::as_str).collect();
         v.sort_unstable();
         v
+    }
+
+    /// The stored dtype, shape and bytes of `name` (any dtype; for quantized layouts).
+    pub fn raw(&self, name: &str) -> Result<(Dtype, Vec<usize>, Vec<u8>), LoadError> {
+        let &file = self.index.get(name).ok_or_else(|| LoadError::Missing { name: name.into(), dir: self.dir.clone() })?;
+        let (path, mmap) = &self.files[file];
+        let st = SafeTensors::deserialize(mmap)
+            .map_err(|e| LoadError::Format { path: path.clone(), problem: e.to_string() })?;
+        let view = st.tensor(name).map_err(|e| LoadError::Format { path: path.clone(), problem: e.to_string() })?;
+        Ok((view.dtype(), view.shape().to_vec(), view.data().to_vec()))
+    }
+
+    /// Shard file names with the tensor names each holds (sorted), in file order.
+    pub fn files(&self) -> Vec<(String, Vec<String>)> {
+        self.files
+            .iter()
+            .enumerate()
+            .map(|(i, (path, _))| {
+                let mut names: Vec<String> = self.index.iter().filter(|(_, &f)| f == i).map(|(n, _)| n.clone()).collect();
+                names.sort();
+                (path.file_name().unwrap_or_default().to_string_lossy().into_owned(), names)
+            })
+            .collect()
+    }
+
+    /// `(dtype, shape, byte length)` of `name` without copying its data.
+    pub fn meta(&self, name: &str) -> Result<(Dtype, Vec<usize>, usize), LoadError> {
+        let &file = self.index.get(name).ok_or_else(|| LoadError::Missing { name: name.into(), dir: self.dir.clone() })?;
+        let (path, mmap) = &self.files[file];
+        let st = SafeTensors::deserialize(mmap)
+            .map_err(|e| LoadError::Format { path: path.clone(), problem: e.to_string() })?;
+        let view = st.tensor(name).map_err(|e| LoadError::Format { path: path.clone(), problem: e.to_string() })?;
+        Ok((view.dtype(), view.shape().to_vec(), view.data().len()))
+    }
+
+    /// The folder the checkpoint was read from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The raw data of `name` with its stored dtype, checked against `expected` shape.

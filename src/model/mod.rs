@@ -2,10 +2,12 @@
 
 pub mod attention;
 pub mod config;
+pub mod inventory;
 pub mod kv_cache;
 pub mod linear;
 pub mod load;
 pub mod mlp;
+pub mod nf4_weight;
 pub mod norm;
 pub mod rope;
 pub mod text;
@@ -14,4 +16,4 @@ pub use config::{ConfigError, TextConfig};
 pub use kv_cache::KvCache;
 pub use load::{LoadError, WeightStore};
 pub use rope::PositionIds;
-pub use text::{ForwardOutput, Qwen2ForCausalLM};
+pub use text::{ForwardOutput, QuantizeOnLoad, Qwen2ForCausalLM};

@@ -14,6 +14,7 @@ use super::load::{LoadError, WeightStore};
 use super::mlp::Mlp;
 use super::norm::RmsNorm;
 use super::rope::{PositionIds, Rotary};
+use crate::quant::{bnb_io, nf4};
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 
@@ -81,16 +82,61 @@ pub fn causal_mask<B: Backend>(seq: usize, past: usize, device: &B::Device) -> T
     Tensor::from_data(TensorData::new(mask, [1, 1, 1, seq, total]), device)
 }
 
+/// Quantize dense linear weights to NF4 while loading (QLoRA's frozen base).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizeOnLoad {
+    /// Elements per absmax block (bitsandbytes default 64).
+    pub blocksize: usize,
+    /// Double-quantize the block scales (QLoRA's `bnb_4bit_use_double_quant`).
+    pub double_quant: bool,
+    /// Modules kept dense, matched as whole dotted-path components (`lm_head`, `visual.merger`).
+    pub skip: Vec<String>,
+}
+
+impl Default for QuantizeOnLoad {
+    fn default() -> Self {
+        Self { blocksize: 64, double_quant: true, skip: vec!["lm_head".into()] }
+    }
+}
+
+/// True when `pattern` names `module` or one of its parents / a run of its path components.
+pub fn module_matches(module: &str, pattern: &str) -> bool {
+    format!(".{module}.").contains(&format!(".{pattern}."))
+}
+
 impl<B: Backend> Qwen2ForCausalLM<B> {
-    /// Loads every tensor by its HF name, checking shapes against `config`.
+    /// Loads every tensor by its HF name, checking shapes against `config`. Linear weights
+    /// stored as bitsandbytes NF4 stay NF4.
     pub fn load(config: &TextConfig, store: &WeightStore, device: &B::Device) -> Result<Self, LoadError> {
+        Self::load_with(config, store, device, None)
+    }
+
+    /// [`Self::load`], quantizing dense linear weights to NF4 when `quantize` is given.
+    pub fn load_with(
+        config: &TextConfig,
+        store: &WeightStore,
+        device: &B::Device,
+        quantize: Option<&QuantizeOnLoad>,
+    ) -> Result<Self, LoadError> {
         let c = config;
         let (hd, kv, inter, v) = (c.hidden_size, c.kv_dim(), c.intermediate_size, c.vocab_size);
         let q_dim = c.num_attention_heads * c.head_dim;
         let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear<B>, LoadError> {
-            let w = store.tensor::<B, 2>(&format!("{name}.weight"), [out, inp], device)?;
             let b = if bias { Some(store.tensor::<B, 1>(&format!("{name}.bias"), [out], device)?) } else { None };
-            Ok(Linear::frozen(w, b))
+            if bnb_io::is_nf4(store, name) {
+                return Ok(Linear::nf4(&bnb_io::read_nf4(store, name, [out, inp])?, b, device));
+            }
+            let weight_name = format!("{name}.weight");
+            match quantize {
+                Some(q) if !q.skip.iter().any(|p| module_matches(name, p)) => {
+                    let data = store.data(&weight_name, &[out, inp])?.convert::<f32>();
+                    let values = data.as_slice::<f32>().expect("converted to f32");
+                    let t = nf4::quantize(values, &[out, inp], q.blocksize, q.double_quant)
+                        .map_err(|e| LoadError::Quant { name: weight_name.clone(), problem: e.to_string() })?;
+                    Ok(Linear::nf4(&t, b, device))
+                }
+                _ => Ok(Linear::frozen(store.tensor::<B, 2>(&weight_name, [out, inp], device)?, b)),
+            }
         };
         let norm = |name: &str| -> Result<RmsNorm<B>, LoadError> {
             Ok(RmsNorm::frozen(store.tensor::<B, 1>(&format!("{name}.weight"), [hd], device)?, c.rms_norm_eps))
@@ -206,6 +252,23 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
         let (h, _) = self.decode(self.embed(ids), None, Some(cache), false);
         let [b, s, _] = h.dims();
         self.project(h.narrow(1, s - 1, 1)).reshape([b, self.config.vocab_size])
+    }
+
+    /// Bytes of all weights resident on the device (NF4 layers at their packed size).
+    pub fn resident_bytes(&self) -> usize {
+        let norm = |n: &RmsNorm<B>| n.weight.val().dims()[0] * n.weight.val().dtype().size();
+        let embed = self.model.embed_tokens.val();
+        let mut total = embed.shape().num_elements() * embed.dtype().size() + norm(&self.model.norm);
+        total += self.lm_head.as_ref().map_or(0, Linear::resident_bytes);
+        for l in &self.model.layers {
+            let a = &l.self_attn;
+            total += norm(&l.input_layernorm) + norm(&l.post_attention_layernorm);
+            total += [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &l.mlp.gate_proj, &l.mlp.up_proj, &l.mlp.down_proj]
+                .iter()
+                .map(|p| p.resident_bytes())
+                .sum::<usize>();
+        }
+        total
     }
 
     /// A fresh cache sized for this model.

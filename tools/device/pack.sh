@@ -14,7 +14,7 @@ for l in sys.stdin:
 cp target/release/medqlora .carry/medqlora
 # Only the suites that exercise the CUDA backend travel (64 MiB per call).
 while read -r name exe; do
-  grep -qx "$name" tools/device/gpu-tests.txt && cp "$exe" ".carry/test-$name"
+  cut -d' ' -f1 tools/device/gpu-tests.txt | grep -qx "$name" && cp "$exe" ".carry/test-$name"
 done < .carry/tests.txt
 xz -T2 -6 -f .carry/medqlora .carry/test-*
 du -sh .carry; ls -la .carry
