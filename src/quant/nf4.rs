@@ -171,24 +171,39 @@ pub fn quantize(x: &[f32], shape: &[usize], blocksize: usize, double_quant: bool
         return Err(Nf4Error::Length { what: "input", found: x.len(), expected: n, elements: n, blocksize });
     }
     let mut packed = vec![0u8; n.div_ceil(2)];
-    let mut absmax = Vec::with_capacity(n.div_ceil(blocksize));
+    let mut absmax = vec![0f32; n.div_ceil(blocksize)];
+    // Blocks are independent and start at even indices (blocksize >= 32), so threads own
+    // disjoint ranges of bytes and scales; the result does not depend on the thread count.
+    let threads = if n >= 1 << 20 { std::thread::available_parallelism().map_or(1, |t| t.get()) } else { 1 };
+    let per = absmax.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let parts = x.chunks(per * blocksize).zip(packed.chunks_mut(per * blocksize / 2)).zip(absmax.chunks_mut(per));
+        for ((xs, bytes), scales) in parts {
+            scope.spawn(move || quantize_range(xs, blocksize, bytes, scales));
+        }
+    });
+    let absmax = if double_quant { double_quantize(&absmax) } else { Absmax::F32(absmax) };
+    Ok(Nf4Tensor { shape: shape.to_vec(), blocksize, packed, absmax })
+}
+
+/// Quantizes whole blocks of `x` into `packed` (`x.len().div_ceil(2)` bytes, zeroed) and
+/// `absmax` (one per block).
+fn quantize_range(x: &[f32], blocksize: usize, packed: &mut [u8], absmax: &mut [f32]) {
     for (b, block) in x.chunks(blocksize).enumerate() {
         let m = block_absmax(block);
         let inv = 1.0 / m;
-        absmax.push(m);
+        absmax[b] = m;
         for (j, &v) in block.iter().enumerate() {
             let i = b * blocksize + j;
             let q = quantize_nf4_value(v * inv);
             packed[i / 2] |= if i % 2 == 0 { q << 4 } else { q };
         }
-        if n % 2 == 1 && (b + 1) * blocksize >= n {
+        if block.len() % 2 == 1 {
             // The GPU kernel loads past the end as 0.0 and quantizes it too: an odd count
             // ends in the code of 0.0 (0b0111), not in zero bits.
-            packed[n / 2] |= quantize_nf4_value(0.0 * inv);
+            packed[x.len() / 2] |= quantize_nf4_value(0.0 * inv);
         }
     }
-    let absmax = if double_quant { double_quantize(&absmax) } else { Absmax::F32(absmax) };
-    Ok(Nf4Tensor { shape: shape.to_vec(), blocksize, packed, absmax })
 }
 
 /// Second-level quantization of the block scales, given their mean.
@@ -319,6 +334,18 @@ mod tests {
         assert_eq!(t.packed, vec![0xF0, 0xC7]);
         assert_eq!(quantize(&[1.0], &[1], 48, false), Err(Nf4Error::Blocksize(48)));
         assert!(matches!(quantize(&[1.0], &[2], 64, false), Err(Nf4Error::Length { .. })));
+    }
+
+    #[test]
+    fn threaded_quantization_equals_one_pass() {
+        let n: usize = 1025 * 1023; // over the threading threshold, odd, last block partial
+        let x: Vec<f32> = (0..n).map(|i| ((i as f32 * 0.618_034).fract() - 0.5) * (1.0 + (i % 7) as f32)).collect();
+        let t = quantize(&x, &[1025, 1023], 64, false).unwrap();
+        let mut packed = vec![0u8; n.div_ceil(2)];
+        let mut absmax = vec![0f32; n.div_ceil(64)];
+        quantize_range(&x, 64, &mut packed, &mut absmax);
+        assert_eq!(t.packed, packed);
+        assert_eq!(t.absmax, Absmax::F32(absmax));
     }
 
     #[test]
