@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod chat;
 pub mod generate;
+pub mod lora;
 pub mod model;
 pub mod quant;
 pub mod tokenizer;

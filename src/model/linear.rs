@@ -6,6 +6,7 @@
 //! names; `y = x W^T + b` like `torch.nn.Linear`.
 
 use super::nf4_weight::Nf4Weight;
+use crate::lora::LoraAdapter;
 use crate::quant::nf4::Nf4Tensor;
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, Tensor};
@@ -26,6 +27,8 @@ pub struct Linear<B: Backend> {
     pub weight: LinearWeight<B>,
     /// `[out_features]`, when the layer has a bias (Qwen2 q/k/v do, o_proj and the MLP do not).
     pub bias: Option<Param<Tensor<B, 1>>>,
+    /// The trainable low-rank update, on targeted modules only.
+    pub lora: Option<LoraAdapter<B>>,
 }
 
 impl<B: Backend> Linear<B> {
@@ -34,6 +37,7 @@ impl<B: Backend> Linear<B> {
         Self {
             weight: LinearWeight::Dense(Param::from_tensor(weight).set_require_grad(false)),
             bias: bias.map(|b| Param::from_tensor(b).set_require_grad(false)),
+            lora: None,
         }
     }
 
@@ -42,6 +46,7 @@ impl<B: Backend> Linear<B> {
         Self {
             weight: LinearWeight::Nf4(Nf4Weight::from_host(weight, device)),
             bias: bias.map(|b| Param::from_tensor(b).set_require_grad(false)),
+            lora: None,
         }
     }
 
@@ -74,12 +79,16 @@ impl<B: Backend> Linear<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, s, k] = x.dims();
         let [n, _] = self.dims();
-        let y = matmul_weight_t(x.reshape([b * s, k]), self.dense_weight());
+        let y = matmul_weight_t(x.clone().reshape([b * s, k]), self.dense_weight());
         let y = match &self.bias {
             Some(bias) => y + bias.val().unsqueeze_dim(0),
             None => y,
         };
-        y.reshape([b, s, n])
+        let y = y.reshape([b, s, n]);
+        match &self.lora {
+            Some(lora) => y + lora.forward(x),
+            None => y,
+        }
     }
 }
 

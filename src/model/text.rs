@@ -14,6 +14,8 @@ use super::load::{LoadError, WeightStore};
 use super::mlp::Mlp;
 use super::norm::RmsNorm;
 use super::rope::{PositionIds, Rotary};
+use crate::lora::targets::is_targeted;
+use crate::lora::{LoraAdapter, LoraSpec};
 use crate::quant::{bnb_io, nf4};
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
@@ -252,6 +254,41 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
         let (h, _) = self.decode(self.embed(ids), None, Some(cache), false);
         let [b, s, _] = h.dims();
         self.project(h.narrow(1, s - 1, 1)).reshape([b, self.config.vocab_size])
+    }
+
+    /// Every linear layer with its HF module name (`model.layers.3.self_attn.q_proj`, `lm_head`).
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear<B>)> {
+        let mut out = Vec::new();
+        for (i, l) in self.model.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            let a = &mut l.self_attn;
+            out.push((format!("{p}.self_attn.q_proj"), &mut a.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), &mut a.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), &mut a.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), &mut a.o_proj));
+            out.push((format!("{p}.mlp.gate_proj"), &mut l.mlp.gate_proj));
+            out.push((format!("{p}.mlp.up_proj"), &mut l.mlp.up_proj));
+            out.push((format!("{p}.mlp.down_proj"), &mut l.mlp.down_proj));
+        }
+        if let Some(head) = self.lm_head.as_mut() {
+            out.push(("lm_head".to_owned(), head));
+        }
+        out
+    }
+
+    /// Puts a fresh PEFT-initialized adapter on every linear whose module name is targeted
+    /// (PEFT suffix rules); returns the number of trainable parameters added.
+    pub fn add_lora(&mut self, spec: &LoraSpec, targets: &[String], device: &B::Device) -> usize {
+        let mut trainable = 0;
+        for (name, linear) in self.linears_mut() {
+            if is_targeted(&name, targets) {
+                let [out, inp] = linear.dims();
+                let adapter = LoraAdapter::init(inp, out, spec, device);
+                trainable += adapter.num_trainable();
+                linear.lora = Some(adapter);
+            }
+        }
+        trainable
     }
 
     /// Bytes of all weights resident on the device (NF4 layers at their packed size).

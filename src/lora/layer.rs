@@ -1,0 +1,75 @@
+//! A LoRA adapter on one frozen linear, as PEFT's `lora.Linear` computes it
+//! (peft `tuners/lora/layer.py::Linear.forward`): `y = base(x) + B(A(dropout(x))) * scaling`,
+//! `scaling = alpha / r` (rsLoRA: `alpha / sqrt(r)`); `A` kaiming-uniform with a = sqrt(5)
+//! (bound `1 / sqrt(in)`), `B` zeros, so a fresh adapter leaves the model unchanged.
+//! Parameter names are PEFT's (`lora_A` / `lora_B` in exported files; `lora_a` / `lora_b` here).
+
+use crate::model::linear::matmul_weight_t;
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig};
+use burn::tensor::{backend::Backend, Distribution, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// Adapter hyper-parameters (the PEFT `LoraConfig` fields that shape the math).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSpec {
+    /// Rank.
+    pub r: usize,
+    /// Scale numerator.
+    pub alpha: f64,
+    /// Dropout on the adapter's input (training only).
+    pub dropout: f64,
+    /// rsLoRA scaling `alpha / sqrt(r)` instead of `alpha / r`.
+    #[serde(default)]
+    pub use_rslora: bool,
+}
+
+impl LoraSpec {
+    /// The factor applied to `B(A(x))`.
+    pub fn scaling(&self) -> f64 {
+        if self.use_rslora { self.alpha / (self.r as f64).sqrt() } else { self.alpha / self.r as f64 }
+    }
+}
+
+/// The trainable pair `(A, B)` of one linear.
+#[derive(Module, Debug)]
+pub struct LoraAdapter<B: Backend> {
+    /// `[r, in]`.
+    pub lora_a: Param<Tensor<B, 2>>,
+    /// `[out, r]`.
+    pub lora_b: Param<Tensor<B, 2>>,
+    /// `alpha / r` (or rsLoRA's).
+    pub scaling: f64,
+    /// Input dropout (active only under autodiff, i.e. in training).
+    pub dropout: Dropout,
+}
+
+impl<B: Backend> LoraAdapter<B> {
+    /// A fresh adapter with PEFT's initialization, drawn from the backend's RNG.
+    pub fn init(in_features: usize, out_features: usize, spec: &LoraSpec, device: &B::Device) -> Self {
+        let bound = 1.0 / (in_features as f64).sqrt();
+        let a = Tensor::random([spec.r, in_features], Distribution::Uniform(-bound, bound), device);
+        Self {
+            lora_a: Param::from_tensor(a),
+            lora_b: Param::from_tensor(Tensor::zeros([out_features, spec.r], device)),
+            scaling: spec.scaling(),
+            dropout: DropoutConfig::new(spec.dropout).init(),
+        }
+    }
+
+    /// The adapter's contribution: `x: [batch, seq, in] -> [batch, seq, out]`.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, s, k] = x.dims();
+        let out = self.lora_b.val().dims()[0];
+        let x = self.dropout.forward(x).reshape([b * s, k]);
+        let h = matmul_weight_t(x, self.lora_a.val());
+        matmul_weight_t(h, self.lora_b.val()).mul_scalar(self.scaling).reshape([b, s, out])
+    }
+
+    /// Trainable parameters: `r * (in + out)`.
+    pub fn num_trainable(&self) -> usize {
+        let [r, i] = self.lora_a.val().dims();
+        r * (i + self.lora_b.val().dims()[0])
+    }
+}
