@@ -12,15 +12,8 @@ pub struct InspectArgs {
     /// Model folder (only config.json is read) or a config.json file.
     #[arg(long)]
     pub model: PathBuf,
-    /// NF4 block size.
-    #[arg(long, default_value_t = 64)]
-    pub blocksize: usize,
-    /// NF4 without double quantization of the scales.
-    #[arg(long)]
-    pub no_double_quant: bool,
-    /// Modules kept dense under NF4, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "lm_head")]
-    pub skip: Vec<String>,
+    #[command(flatten)]
+    pub nf4: super::Nf4Args,
 }
 
 /// Entry point of `medqlora inspect`.
@@ -28,7 +21,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     let path = if args.model.is_dir() { args.model.join("config.json") } else { args.model.clone() };
     let text = TextConfig::from_file(&path)?;
     let vision = vision_config(&path)?;
-    let nf4 = WeightFormat::Nf4 { blocksize: args.blocksize, double_quant: !args.no_double_quant, skip: args.skip.clone() };
+    let nf4 = WeightFormat::Nf4 { blocksize: args.nf4.blocksize, double_quant: !args.nf4.no_double_quant, skip: args.nf4.skip.clone() };
     let mut parts: Vec<(&str, Vec<TensorSpec>)> = vec![("language model", text_tensors(&text))];
     if let Some(v) = &vision {
         parts.push(("vision tower + merger", vision_tensors(v)));
@@ -48,9 +41,9 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         path.display(),
         human(b),
         human(q),
-        args.blocksize,
-        !args.no_double_quant,
-        args.skip.join(",")
+        args.nf4.blocksize,
+        !args.nf4.no_double_quant,
+        args.nf4.skip.join(",")
     );
     Ok(())
 }

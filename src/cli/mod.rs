@@ -23,6 +23,20 @@ pub struct DeviceArgs {
     pub dtype: ComputeDtype,
 }
 
+/// NF4 layout flags shared by `quantize` and `inspect`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Nf4Args {
+    /// Elements per absmax block: 32, 64, 128, ... 4096.
+    #[arg(long, default_value_t = 64)]
+    pub blocksize: usize,
+    /// Keep the block scales in f32 (default: double-quantize them, as QLoRA does).
+    #[arg(long)]
+    pub no_double_quant: bool,
+    /// Modules kept dense, comma-separated dotted-path components (e.g. lm_head,visual.merger).
+    #[arg(long, value_delimiter = ',', default_value = "lm_head")]
+    pub skip: Vec<String>,
+}
+
 /// Weight format of the frozen base.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum QuantizeFlag {

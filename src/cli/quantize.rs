@@ -14,15 +14,8 @@ pub struct QuantizeArgs {
     /// Output folder (weights, config with quantization_config, tokenizer files).
     #[arg(long)]
     pub out: PathBuf,
-    /// Elements per absmax block: 32, 64, 128, ... 4096.
-    #[arg(long, default_value_t = 64)]
-    pub blocksize: usize,
-    /// Keep the block scales in f32 (default: double-quantize them, as QLoRA does).
-    #[arg(long)]
-    pub no_double_quant: bool,
-    /// Modules kept dense, comma-separated dotted-path components.
-    #[arg(long, value_delimiter = ',', default_value = "lm_head")]
-    pub skip: Vec<String>,
+    #[command(flatten)]
+    pub nf4: super::Nf4Args,
     /// Overwrite a non-empty output folder.
     #[arg(long)]
     pub force: bool,
@@ -32,7 +25,7 @@ pub struct QuantizeArgs {
 pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     super::model_dir(&args.model)?;
     anyhow::ensure!(args.model != args.out, "--out must differ from --model (the input is read while the output is written)");
-    let opts = ConvertOptions { blocksize: args.blocksize, double_quant: !args.no_double_quant, skip: args.skip.clone() };
+    let opts = ConvertOptions { blocksize: args.nf4.blocksize, double_quant: !args.nf4.no_double_quant, skip: args.nf4.skip.clone() };
     let bar = ProgressBar::new_spinner();
     bar.set_style(ProgressStyle::with_template("{spinner} {pos} tensors quantized [{elapsed}] {msg}").expect("template"));
     let start = Instant::now();

@@ -3,6 +3,7 @@
 
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 use memmap2::Mmap;
+use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -93,14 +94,19 @@ impl WeightStore {
         v
     }
 
-    /// The stored dtype, shape and bytes of `name` (any dtype; for quantized layouts).
-    pub fn raw(&self, name: &str) -> Result<(Dtype, Vec<usize>, Vec<u8>), LoadError> {
+    /// Runs `f` on the memory-mapped view of `name`.
+    fn with_view<R>(&self, name: &str, f: impl FnOnce(&TensorView<'_>) -> R) -> Result<R, LoadError> {
         let &file = self.index.get(name).ok_or_else(|| LoadError::Missing { name: name.into(), dir: self.dir.clone() })?;
         let (path, mmap) = &self.files[file];
         let st = SafeTensors::deserialize(mmap)
             .map_err(|e| LoadError::Format { path: path.clone(), problem: e.to_string() })?;
         let view = st.tensor(name).map_err(|e| LoadError::Format { path: path.clone(), problem: e.to_string() })?;
-        Ok((view.dtype(), view.shape().to_vec(), view.data().to_vec()))
+        Ok(f(&view))
+    }
+
+    /// The stored dtype, shape and bytes of `name` (any dtype; for quantized layouts).
+    pub fn raw(&self, name: &str) -> Result<(Dtype, Vec<usize>, Vec<u8>), LoadError> {
+        self.with_view(name, |v| (v.dtype(), v.shape().to_vec(), v.data().to_vec()))
     }
 
     /// Shard file names with the tensor names each holds (sorted), in file order.
@@ -118,12 +124,7 @@ impl WeightStore {
 
     /// `(dtype, shape, byte length)` of `name` without copying its data.
     pub fn meta(&self, name: &str) -> Result<(Dtype, Vec<usize>, usize), LoadError> {
-        let &file = self.index.get(name).ok_or_else(|| LoadError::Missing { name: name.into(), dir: self.dir.clone() })?;
-        let (path, mmap) = &self.files[file];
-        let st = SafeTensors::deserialize(mmap)
-            .map_err(|e| LoadError::Format { path: path.clone(), problem: e.to_string() })?;
-        let view = st.tensor(name).map_err(|e| LoadError::Format { path: path.clone(), problem: e.to_string() })?;
-        Ok((view.dtype(), view.shape().to_vec(), view.data().len()))
+        self.with_view(name, |v| (v.dtype(), v.shape().to_vec(), v.data().len()))
     }
 
     /// The folder the checkpoint was read from.
@@ -133,21 +134,17 @@ impl WeightStore {
 
     /// The raw data of `name` with its stored dtype, checked against `expected` shape.
     pub fn data(&self, name: &str, expected: &[usize]) -> Result<TensorData, LoadError> {
-        let &file = self.index.get(name).ok_or_else(|| LoadError::Missing { name: name.into(), dir: self.dir.clone() })?;
-        let (path, mmap) = &self.files[file];
-        let st = SafeTensors::deserialize(mmap)
-            .map_err(|e| LoadError::Format { path: path.clone(), problem: e.to_string() })?;
-        let view = st.tensor(name).map_err(|e| LoadError::Format { path: path.clone(), problem: e.to_string() })?;
-        if view.shape() != expected {
-            return Err(LoadError::Shape { name: name.into(), found: view.shape().to_vec(), expected: expected.to_vec() });
+        let (stored, shape, bytes) = self.raw(name)?;
+        if shape != expected {
+            return Err(LoadError::Shape { name: name.into(), found: shape, expected: expected.to_vec() });
         }
-        let dtype = match view.dtype() {
+        let dtype = match stored {
             Dtype::F32 => DType::F32,
             Dtype::F16 => DType::F16,
             Dtype::BF16 => DType::BF16,
             other => return Err(LoadError::Dtype { name: name.into(), found: format!("{other:?}") }),
         };
-        Ok(TensorData::from_bytes_vec(view.data().to_vec(), view.shape().to_vec(), dtype))
+        Ok(TensorData::from_bytes_vec(bytes, shape, dtype))
     }
 
     /// Loads `name` onto `device`, converted to the device's float dtype.
