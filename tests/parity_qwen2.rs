@@ -154,3 +154,31 @@ fn sharded_checkpoints_load_like_single_files() {
     assert_eq!(d, 0.0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn generation_stops_at_stop_tokens_and_respects_the_budget() {
+    use medqlora::generate::{generate, SamplingConfig, StopReason};
+    let device = Default::default();
+    let model = load::<medqlora::backend::CpuBackend>("qwen2_tiny", &device);
+    let prompt = [3u32, 141, 59, 26];
+    let free = generate(&model, &prompt, &SamplingConfig::greedy(6, vec![]), |_| {});
+    assert_eq!((free.tokens.len(), free.stop), (6, StopReason::Length));
+    // Greedy decoding is a function of the prompt: the KV-cache path picks the argmax of the
+    // full forward's last logits at every step.
+    let mut seq: Vec<u32> = prompt.to_vec();
+    for &t in &free.tokens {
+        let x = Tensor::<medqlora::backend::CpuBackend, 2, Int>::from_data(
+            TensorData::new(seq.iter().map(|&v| v as i64).collect::<Vec<_>>(), [1, seq.len()]),
+            &device,
+        );
+        let logits = model.forward(x, false).logits.narrow(1, seq.len() - 1, 1).into_data().to_vec::<f32>().unwrap();
+        assert_eq!(medqlora::generate::argmax(&logits), t);
+        seq.push(t);
+    }
+    // A stop token ends generation before it is emitted.
+    let stop_at = free.tokens[2];
+    let first = free.tokens.iter().position(|&t| t == stop_at).unwrap();
+    let stopped = generate(&model, &prompt, &SamplingConfig::greedy(6, vec![stop_at]), |_| {});
+    assert_eq!(stopped.stop, StopReason::StopToken);
+    assert_eq!(stopped.tokens, free.tokens[..first].to_vec());
+}
