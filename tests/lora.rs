@@ -15,21 +15,26 @@ use medqlora::model::{Qwen2ForCausalLM, TextConfig, WeightStore};
 
 type B = CpuBackend;
 
+/// The tiny fixture model on the CPU, with its config.
+fn tiny() -> (Qwen2ForCausalLM<B>, TextConfig) {
+    let dir = fixture("qwen2_tiny");
+    let config = TextConfig::from_dir(&dir).unwrap();
+    (Qwen2ForCausalLM::<B>::load(&config, &WeightStore::open(&dir).unwrap(), &Default::default()).unwrap(), config)
+}
+
 fn spec() -> LoraSpec {
     LoraSpec { r: 8, alpha: 16.0, dropout: 0.05, use_rslora: false }
 }
 
 #[test]
 fn fresh_adapters_keep_the_model_and_count_like_peft() {
-    let dir = fixture("qwen2_tiny");
-    let config = TextConfig::from_dir(&dir).unwrap();
+    let (mut model, config) = tiny();
     let device = Default::default();
-    let mut model = Qwen2ForCausalLM::<B>::load(&config, &WeightStore::open(&dir).unwrap(), &device).unwrap();
     let targets: Vec<String> = ALL_PROJECTIONS.iter().map(|s| s.to_string()).collect();
     let added = model.add_lora(&spec(), &targets, &device);
     assert_eq!(added, lora_param_count(&text_tensors(&config), &targets, 8));
     assert!(model.lm_head.as_ref().unwrap().lora.is_none(), "lm_head is not a target");
-    let r = reference(dir.join("reference.safetensors"));
+    let r = reference(fixture("qwen2_tiny").join("reference.safetensors"));
     let logits = model.forward(ids(&r["input_ids"], &device), false).logits.into_data();
     // B = 0 and dropout is off outside training: exactly the base model.
     assert!(max_abs_diff(&logits, &r["logits"]) <= common::CPU_LOGITS_TOL);
@@ -37,10 +42,8 @@ fn fresh_adapters_keep_the_model_and_count_like_peft() {
 
 #[test]
 fn adapter_adds_scaled_low_rank_update() {
-    let dir = fixture("qwen2_tiny");
-    let config = TextConfig::from_dir(&dir).unwrap();
+    let (mut model, _) = tiny();
     let device = Default::default();
-    let mut model = Qwen2ForCausalLM::<B>::load(&config, &WeightStore::open(&dir).unwrap(), &device).unwrap();
     let spec = LoraSpec { use_rslora: true, ..spec() };
     model.add_lora(&spec, &["up_proj".to_string()], &device);
     let linear = &mut model.model.layers[1].mlp.up_proj;

@@ -127,11 +127,6 @@ impl WeightStore {
         self.with_view(name, |v| (v.dtype(), v.shape().to_vec(), v.data().len()))
     }
 
-    /// The folder the checkpoint was read from.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The raw data of `name` with its stored dtype, checked against `expected` shape.
     pub fn data(&self, name: &str, expected: &[usize]) -> Result<TensorData, LoadError> {
         let (stored, shape, bytes) = self.raw(name)?;
