@@ -1,8 +1,8 @@
 //! Autoregressive generation with a KV cache: greedy by default, or temperature + top-p
 //! sampling from a seeded RNG (same seed, same tokens).
 
-use crate::model::Qwen2ForCausalLM;
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use crate::model::{PositionIds, Qwen2ForCausalLM};
+use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::time::Instant;
 
@@ -152,6 +152,96 @@ pub fn generate<B: Backend>(
         next = pick(model.forward_cached(ids(&[next]), &mut cache), cfg, &mut rng);
     }
     Generation { tokens, stop, prompt_tokens: prompt.len(), prefill_secs, decode_secs: decode_start.elapsed().as_secs_f64() }
+}
+
+/// Picks one token per row of `[batch, vocab]` logits.
+fn pick_rows<B: Backend>(logits: Tensor<B, 2>, cfg: &SamplingConfig, rng: &mut StdRng) -> Vec<u32> {
+    let [b, v] = logits.dims();
+    if cfg.temperature <= 0.0 {
+        let ids = logits.argmax(1).into_data().convert::<i64>();
+        return ids.as_slice::<i64>().expect("argmax returns integers").iter().map(|&i| i as u32).collect();
+    }
+    let data = logits.into_data().convert::<f32>();
+    let all = data.as_slice::<f32>().expect("converted to f32");
+    (0..b).map(|r| sample(&all[r * v..(r + 1) * v], cfg.temperature, cfg.top_p, rng)).collect()
+}
+
+/// Generates after several prompts at once (one forward per step for the whole batch).
+///
+/// Prompts are left-padded to the longest; padding keys are masked for every query (each
+/// padding query sees only itself, so no row is all-masked), and each row's positions
+/// start at 0 at its first real token, so row `i` computes what [`generate`] computes for
+/// `prompts[i]` alone. Rows stop on their own (stop token or `max_new_tokens`); finished
+/// rows keep being fed (their picks ignored) until every row is done. With sampling, one RNG
+/// serves the rows in order. An empty prompt yields an empty generation. Timings are the
+/// batch's, shared by every row.
+pub fn generate_batch<B: Backend>(model: &Qwen2ForCausalLM<B>, prompts: &[Vec<u32>], cfg: &SamplingConfig) -> Vec<Generation> {
+    let b = prompts.len();
+    if b == 0 {
+        return Vec::new();
+    }
+    let device = model.model.embed_tokens.val().device();
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+    let filler = prompts.iter().find_map(|p| p.first().copied()).unwrap_or(0);
+    let mut ids = Vec::with_capacity(b * longest);
+    let mut pos_rows = Vec::with_capacity(b);
+    let mut mask = Vec::with_capacity(b * longest * longest);
+    for (p, &pad) in prompts.iter().zip(&pads) {
+        ids.extend(std::iter::repeat_n(filler as i64, pad).chain(p.iter().map(|&t| t as i64)));
+        pos_rows.push((0..longest).map(|j| j.saturating_sub(pad) as i64).collect::<Vec<_>>());
+        for q in 0..longest {
+            mask.extend((0..longest).map(|k| k < pad && k != q));
+        }
+    }
+    let positions = |rows: Vec<Vec<i64>>| PositionIds { rows: [rows.clone(), rows.clone(), rows] };
+    let bool_mask = |m: Vec<bool>, s: usize, t: usize| Tensor::<B, 5, Bool>::from_data(TensorData::new(m, [b, 1, 1, s, t]), &device);
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let mut cache = model.new_cache();
+    let start = Instant::now();
+    let step = |ids: Vec<i64>, s: usize, pos: &PositionIds, mask: &Tensor<B, 5, Bool>, cache: &mut crate::model::KvCache<B>| {
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, s]), &device);
+        let (h, _) = model.decode_masked(model.embed(ids), Some(pos), Some(cache), false, Some(mask));
+        model.project(h.narrow(1, s - 1, 1)).reshape([b, model.config.vocab_size])
+    };
+    let logits = step(ids, longest, &positions(pos_rows), &bool_mask(mask, longest, longest), &mut cache);
+    let mut next = pick_rows(logits, cfg, &mut rng);
+    let prefill_secs = start.elapsed().as_secs_f64();
+    let decode_start = Instant::now();
+    let mut out: Vec<Generation> = prompts
+        .iter()
+        .map(|p| Generation { tokens: Vec::new(), stop: StopReason::Length, prompt_tokens: p.len(), prefill_secs, decode_secs: 0.0 })
+        .collect();
+    let mut done: Vec<bool> = prompts.iter().map(|p| p.is_empty() || cfg.max_new_tokens == 0).collect();
+    let mut fed = 0usize;
+    loop {
+        for r in 0..b {
+            if done[r] {
+                continue;
+            }
+            if cfg.stop_ids.contains(&next[r]) {
+                out[r].stop = StopReason::StopToken;
+                done[r] = true;
+            } else {
+                out[r].tokens.push(next[r]);
+                done[r] = out[r].tokens.len() == cfg.max_new_tokens;
+            }
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        fed += 1;
+        let feed: Vec<i64> = (0..b).map(|r| next[r] as i64).collect();
+        let pos = positions((0..b).map(|r| vec![(longest - pads[r] + fed - 1) as i64]).collect());
+        let total = longest + fed;
+        let m: Vec<bool> = pads.iter().flat_map(|&pad| (0..total).map(move |k| k < pad)).collect();
+        next = pick_rows(step(feed, 1, &pos, &bool_mask(m, 1, total), &mut cache), cfg, &mut rng);
+    }
+    let decode_secs = decode_start.elapsed().as_secs_f64();
+    for g in &mut out {
+        g.decode_secs = decode_secs;
+    }
+    out
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@
 
 pub mod backend;
 pub mod chat;
+pub mod data;
+pub mod eval;
 pub mod generate;
 pub mod lora;
 pub mod model;

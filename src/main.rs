@@ -19,6 +19,11 @@ enum Command {
     Inspect(cli::inspect::InspectArgs),
     /// Quantize a checkpoint to NF4 in the bitsandbytes layout.
     Quantize(cli::quantize::QuantizeArgs),
+    /// Build and check JSONL datasets (MTSamples, synthetic clinical documents).
+    #[command(subcommand)]
+    Datasets(cli::datasets::DatasetsCommand),
+    /// Evaluate a model (+ PEFT adapter) on a JSONL dataset: field accuracy, JSON validity.
+    Eval(cli::eval::EvalArgs),
     /// Speed measurements.
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
@@ -29,6 +34,8 @@ fn main() -> std::process::ExitCode {
         Command::Generate(args) => cli::generate::run(args),
         Command::Inspect(args) => cli::inspect::run(args),
         Command::Quantize(args) => cli::quantize::run(args),
+        Command::Datasets(cmd) => cli::datasets::run(cmd),
+        Command::Eval(args) => cli::eval::run(args),
         Command::Bench(cmd) => cli::bench::run(cmd),
     };
     match result {

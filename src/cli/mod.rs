@@ -1,6 +1,8 @@
 //! Command-line front end: one file per subcommand; anyhow lives only here.
 
 pub mod bench;
+pub mod datasets;
+pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod quantize;

@@ -212,8 +212,22 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
         &self,
         embeds: Tensor<B, 3>,
         positions: Option<&PositionIds>,
+        cache: Option<&mut KvCache<B>>,
+        keep_hidden: bool,
+    ) -> (Tensor<B, 3>, Vec<Tensor<B, 3>>) {
+        self.decode_masked(embeds, positions, cache, keep_hidden, None)
+    }
+
+    /// [`Self::decode`] with an extra mask OR-ed into the causal one: `padding`
+    /// `[batch, 1, 1, seq, past + seq]`, `true` where a query must not see a key (left padding
+    /// in batched generation, see `generate::generate_batch`).
+    pub fn decode_masked(
+        &self,
+        embeds: Tensor<B, 3>,
+        positions: Option<&PositionIds>,
         mut cache: Option<&mut KvCache<B>>,
         keep_hidden: bool,
+        padding: Option<&Tensor<B, 5, Bool>>,
     ) -> (Tensor<B, 3>, Vec<Tensor<B, 3>>) {
         let [b, s, _] = embeds.dims();
         let device = embeds.device();
@@ -228,6 +242,10 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
         };
         let (cos, sin) = self.model.rotary.cos_sin::<B>(pos, &device);
         let mask = causal_mask::<B>(s, past, &device);
+        let mask = match padding {
+            Some(p) => mask.expand(p.dims()).bool_or(p.clone()),
+            None => mask,
+        };
         let inputs = AttentionInputs { cos: &cos, sin: &sin, mask: &mask };
         let mut hidden = Vec::new();
         let mut x = embeds;
