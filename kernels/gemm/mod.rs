@@ -1,0 +1,11 @@
+//! Prefill/training `Y[M, N] = X[M, K] W^T`, fused: tiles of `W` dequantized into shared
+//! memory feed tensor-core (cmma 16x16x16) instructions, f32 accumulation. The reference is
+//! [`crate::gemv::reference::matmul_t`] (the same function).
+
+#[cfg(feature = "cuda")]
+pub(crate) mod kernel;
+#[cfg(feature = "cuda")]
+pub use kernel::{gemm, gemm_into};
+
+#[cfg(test)]
+mod tests;

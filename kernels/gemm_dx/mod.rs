@@ -1,0 +1,12 @@
+//! Backward product of the frozen weight, `dX[M, K] = dY[M, N] W`, fused like
+//! [`crate::gemm`] but with `W` read untransposed (rows of `W` are the reduction dimension).
+
+pub mod reference;
+
+#[cfg(feature = "cuda")]
+mod kernel;
+#[cfg(feature = "cuda")]
+pub use kernel::{gemm_dx, gemm_dx_into};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,57 @@
+//! Backward product: the reference is the adjoint of the forward one (CPU); the fused
+//! kernel against the reference on random shapes (device).
+
+use super::reference::matmul_dx;
+use crate::gemv::reference::matmul_t;
+use crate::testutil::{random_nf4, rng, synthetic_map, uniform};
+
+/// `<dY, X W^T> = <dY W, X>` in f64 up to the f32 roundings of the two products.
+const ADJOINT_REL: f64 = 1e-5;
+
+#[test]
+fn reference_is_the_adjoint_of_the_forward_product() {
+    let mut rng = rng("gemm_dx adjoint");
+    let w = random_nf4(&mut rng, 48, 80, 64, true, &synthetic_map());
+    let (x, dy) = (uniform(&mut rng, 3 * 80, 1.0), uniform(&mut rng, 3 * 48, 1.0));
+    let y = matmul_t(&x, 3, &w.view());
+    let dx = matmul_dx(&dy, 3, &w.view());
+    let lhs: f64 = dy.iter().zip(&y).map(|(&a, &b)| a as f64 * b as f64).sum();
+    let rhs: f64 = dx.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+    let rel = (lhs - rhs).abs() / lhs.abs().max(1e-12);
+    println!("adjoint identity: {lhs} vs {rhs}, relative {rel:.2e} (bound ADJOINT_REL = {ADJOINT_REL:.0e})");
+    assert!(rel <= ADJOINT_REL);
+}
+
+#[cfg(feature = "cuda")]
+mod device {
+    use crate::device::{poisoned, read_f32, upload_float, Nf4Device};
+    use crate::gemm_dx::{gemm_dx_into, reference::matmul_dx};
+    use crate::testutil::{assert_close, cuda, random_nf4, rng, round_bf16, synthetic_map, uniform};
+    use burn_backend::DType;
+    use rand::Rng;
+
+    /// bf16 operands, f32 accumulation (see the forward GEMM's bound).
+    const GEMM_DX_BF16_REL: f64 = 8e-3;
+
+    #[test]
+    fn kernel_matches_reference_on_random_shapes() {
+        let Some((client, device)) = cuda() else { return };
+        let mut rng = rng("gemm_dx kernel");
+        let map = synthetic_map();
+        for _ in 0..5 {
+            let m = rng.random_range(1..300);
+            let n = 32 * rng.random_range(1..20);
+            let k = 16 * rng.random_range(1..40);
+            let double = rng.random();
+            let bs = [32, 64][rng.random_range(0..2)];
+            let w = random_nf4(&mut rng, n, k, bs, double, &map);
+            let dy = round_bf16(&uniform(&mut rng, m * n, 1.0));
+            let dev = Nf4Device::upload(&client, &device, &w.view(), &map);
+            let dyd = upload_float(&client, &device, &dy, vec![m, n], DType::BF16);
+            let dx = poisoned(&client, &device, vec![m, k], DType::BF16);
+            gemm_dx_into(&dyd, &dev, &dx).unwrap();
+            let what = format!("gemm_dx bf16 double={double} M={m} N={n} K={k}");
+            assert_close(&what, &read_f32(&dx), &matmul_dx(&dy, m, &w.view()), "GEMM_DX_BF16_REL", GEMM_DX_BF16_REL);
+        }
+    }
+}

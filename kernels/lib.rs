@@ -1,0 +1,34 @@
+//! NF4 kernels for QLoRA on the GPU, in cubecl, with the plain CPU reference each is tested
+//! against.
+//!
+//! The weight is a frozen linear weight `W[N, K]` (`[out_features, in_features]`, row-major)
+//! in the bitsandbytes NF4 layout: two 4-bit codes per byte (element 2j in the high nibble of
+//! byte j), one scale per `blocksize` consecutive elements of the flattened weight, the
+//! scales optionally double-quantized (u8 codes into the signed dynamic map, one f32 per 256
+//! blocks, plus an offset). Every kernel decodes the scales on the fly.
+//!
+//! One folder per op, each with its `#[cube]` body and launch code (feature `cuda`), its
+//! reference (always compiled, so CPU CI tests it) and its tests:
+//! - [`dequant`]: `W` to a dense f32/bf16/f16 tensor;
+//! - [`gemv`]: `Y[M, N] = X[M, K] W^T` for decode (`M <= 8`), on CUDA cores;
+//! - [`gemm`]: the same product for prefill and training, tiles of `W` dequantized into
+//!   shared memory feeding tensor-core (cmma) instructions, f32 accumulation;
+//! - [`gemm_dx`]: the backward product `dX[M, K] = dY[M, N] W` of the frozen weight.
+
+pub mod dequant;
+pub mod gemm;
+pub mod gemm_dx;
+pub mod gemv;
+pub mod nf4;
+pub mod testutil;
+
+#[cfg(feature = "cuda")]
+pub mod bench;
+#[cfg(feature = "cuda")]
+pub mod device;
+
+pub use nf4::{Nf4Host, Nf4Owned, ScalesHost, ScalesOwned, NF4_CODE};
+
+/// The crates the launch code is written against, for callers that implement backends on top.
+#[cfg(feature = "cuda")]
+pub use {burn_backend, burn_cubecl, cubecl};

@@ -1,0 +1,99 @@
+//! Test helpers shared by the kernel tests (CPU and device) and the root crate's tests:
+//! seeded random data (a fresh seed each run, printed so a failure can be replayed with
+//! `MEDQLORA_SEED`), random NF4 weights, relative errors, poisoning and bf16 rounding.
+
+use crate::nf4::{Nf4Owned, ScalesOwned, NESTED_BLOCKSIZE};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// A generator seeded from `MEDQLORA_SEED` or the clock; prints the seed with `what`.
+pub fn rng(what: &str) -> StdRng {
+    let seed = std::env::var("MEDQLORA_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        t.as_nanos() as u64 ^ (std::process::id() as u64) << 32
+    });
+    println!("seed {seed} ({what}; replay with MEDQLORA_SEED={seed})");
+    StdRng::seed_from_u64(seed)
+}
+
+/// Values uniform in `[-scale, scale)`.
+pub fn uniform(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+/// A sorted stand-in for the signed dynamic map (the kernels read whatever map they are
+/// given; the root tests use the real one).
+pub fn synthetic_map() -> Box<[f32; 256]> {
+    let mut m = [0f32; 256];
+    for (i, v) in m.iter_mut().enumerate() {
+        let t = i as f32 / 255.0 * 2.0 - 1.0;
+        *v = t * t * t.signum();
+    }
+    Box::new(m)
+}
+
+/// A random NF4 weight `[n, k]`: random codes (all 16 used), scales in `[0.5, 1.5) * 0.02`
+/// or double-quantized with random codes, nested scales and offset.
+pub fn random_nf4(rng: &mut StdRng, n: usize, k: usize, blocksize: usize, double: bool, map: &[f32; 256]) -> Nf4Owned {
+    let packed: Vec<u8> = (0..(n * k).div_ceil(2)).map(|_| rng.random()).collect();
+    let blocks = (n * k).div_ceil(blocksize);
+    let scales = if double {
+        ScalesOwned::Double {
+            codes: (0..blocks).map(|_| rng.random()).collect(),
+            nested: (0..blocks.div_ceil(NESTED_BLOCKSIZE)).map(|_| rng.random_range(0.005..0.015)).collect(),
+            offset: rng.random_range(0.015..0.025),
+            map: Box::new(*map),
+        }
+    } else {
+        ScalesOwned::F32((0..blocks).map(|_| rng.random_range(0.01..0.03)).collect())
+    };
+    Nf4Owned { packed, scales, n, k, blocksize }
+}
+
+/// `||out - ref|| / ||ref||` in f64; infinite when `out` holds a NaN or infinity (a poisoned,
+/// unwritten element) or the lengths differ.
+pub fn rel_l2(out: &[f32], reference: &[f32]) -> f64 {
+    if out.len() != reference.len() || out.iter().any(|v| !v.is_finite()) {
+        return f64::INFINITY;
+    }
+    let (mut num, mut den) = (0f64, 0f64);
+    for (&o, &r) in out.iter().zip(reference) {
+        num += (o as f64 - r as f64).powi(2);
+        den += (r as f64).powi(2);
+    }
+    (num / den.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+/// Panics unless `rel_l2(out, reference) <= bound`; prints the error with its bound's name.
+pub fn assert_close(what: &str, out: &[f32], reference: &[f32], bound_name: &str, bound: f64) {
+    let e = rel_l2(out, reference);
+    println!("{what}: relative L2 error {e:.3e} (bound {bound_name} = {bound:.1e})");
+    assert!(e <= bound, "{what}: relative L2 error {e:.3e} exceeds {bound_name} = {bound:.1e}");
+}
+
+/// Rounds to bf16 and back (round to nearest even, as the device's conversions do).
+pub fn round_bf16(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect()
+}
+
+/// The poison written into outputs before a launch: NaN, so that any element the kernel does
+/// not write fails [`rel_l2`].
+pub const POISON: f32 = f32::NAN;
+
+/// The CUDA client for device tests, or `None` after printing `SKIPPED: no CUDA device`.
+#[cfg(feature = "cuda")]
+pub fn cuda() -> Option<(cubecl::client::ComputeClient<cubecl::cuda::CudaRuntime>, cubecl::cuda::CudaDevice)> {
+    use cubecl::Runtime;
+    if !std::path::Path::new("/dev/nvidiactl").exists() {
+        println!("SKIPPED: no CUDA device");
+        return None;
+    }
+    let device = cubecl::cuda::CudaDevice::new(0);
+    match std::panic::catch_unwind(|| cubecl::cuda::CudaRuntime::client(&device)) {
+        Ok(client) => Some((client, device)),
+        Err(_) => {
+            println!("SKIPPED: no CUDA device (the CUDA client could not start)");
+            None
+        }
+    }
+}
