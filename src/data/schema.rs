@@ -20,21 +20,23 @@ pub const SCHEMAS: &[DocSchema] = &[
     DocSchema {
         doc_type: "icu_flowsheet",
         keys: &["mrn", "time", "hr_bpm", "bp_mmhg", "rr_per_min", "spo2_pct", "temp_c", "gcs", "infusions", "allergies"],
-        instruction: "Extract the most recent vital signs from this ICU flowsheet. Return compact JSON with keys: \
-mrn, time (HH:MM of the latest charted column), hr_bpm, bp_mmhg (\"sys/dia\"), rr_per_min, spo2_pct, temp_c (Celsius), gcs, \
-infusions (list of \"drug rate unit\"), allergies (list, [] if none known).",
+        instruction: "Extract the most recent vital signs from this ICU flowsheet. Return compact JSON with exactly these keys: \
+mrn, time, hr_bpm, bp_mmhg, rr_per_min, spo2_pct, temp_c, gcs, infusions, allergies. time is the HH:MM of the latest charted \
+values; bp_mmhg is \"sys/dia\"; temp_c is in Celsius; infusions is a list of \"drug rate unit\"; allergies is a list ([] if none known).",
     },
     DocSchema {
         doc_type: "cardiology",
         keys: &["age", "sex", "rhythm", "hr_bpm", "bp_mmhg", "lvef_pct", "diagnoses", "medications", "allergies"],
-        instruction: "Extract from this cardiology note. Return compact JSON with keys: age, sex (\"M\" or \"F\"), rhythm, hr_bpm, \
-bp_mmhg (\"sys/dia\"), lvef_pct, diagnoses (list), medications (list of \"drug dose route frequency\"), allergies (list, [] if none known).",
+        instruction: "Extract from this cardiology note. Return compact JSON with exactly these keys: age, sex, rhythm, hr_bpm, \
+bp_mmhg, lvef_pct, diagnoses, medications, allergies. sex is \"M\" or \"F\"; bp_mmhg is \"sys/dia\"; diagnoses is a list; medications \
+is a list of \"drug dose route frequency\"; allergies is a list ([] if none known).",
     },
     DocSchema {
         doc_type: "lab_panel",
         keys: &["panel", "collected", "results", "abnormal"],
-        instruction: "Extract this laboratory report. Return compact JSON with keys: panel, collected (\"YYYY-MM-DD HH:MM\"), \
-results (object: analyte -> \"value unit\"), abnormal (list of \"analyte H\" or \"analyte L\" for flagged results, [] if none).",
+        instruction: "Extract this laboratory report. Return compact JSON with exactly these keys: panel, collected, results, abnormal. \
+collected is \"YYYY-MM-DD HH:MM\"; results maps each analyte to \"value unit\"; abnormal lists \"analyte H\" or \"analyte L\" for \
+flagged results ([] if none).",
     },
     DocSchema {
         doc_type: "operative_note",
@@ -49,15 +51,16 @@ results (object: analyte -> \"value unit\"), abnormal (list of \"analyte H\" or 
             "specimens",
             "drains",
         ],
-        instruction: "Extract from this operative note. Return compact JSON with keys: preoperative_diagnosis, postoperative_diagnosis, \
-procedure, surgeon, anesthesia, estimated_blood_loss_ml (number), complications, specimens, drains.",
+        instruction: "Extract from this operative note. Return compact JSON with exactly these keys: preoperative_diagnosis, \
+postoperative_diagnosis, procedure, surgeon, anesthesia, estimated_blood_loss_ml, complications, specimens, drains. \
+estimated_blood_loss_ml is a number; use \"none\" where the note says there were none.",
     },
     DocSchema {
         doc_type: "mtsamples_sections",
         keys: super::mtsamples::SECTION_KEYS,
         instruction: "Copy the text of these sections of the medical note into compact JSON, using only the keys whose section \
 the note has: chief_complaint, preoperative_diagnosis, postoperative_diagnosis, procedure, anesthesia, estimated_blood_loss, \
-complications, findings, specimens, drains, allergies, medications, impression.",
+complications, specimens, drains, allergies, medications, impression.",
     },
     DocSchema {
         doc_type: "mtsamples_specialty",
@@ -140,5 +143,9 @@ mod tests {
                 assert!(s.instruction.contains(k), "{}: the instruction must name {k}", s.doc_type);
             }
         }
+        // Section extraction names its 12 keys and nothing else that looks like one.
+        let named = SCHEMAS.iter().find(|s| s.doc_type == "mtsamples_sections").unwrap().instruction;
+        let listed = named.rsplit(": ").next().unwrap().trim_end_matches('.');
+        assert_eq!(listed.split(", ").collect::<Vec<_>>(), super::super::mtsamples::SECTION_KEYS);
     }
 }
