@@ -68,6 +68,46 @@ pub struct CheckArgs {
     /// Report bad lines and count the rest instead of stopping at the first.
     #[arg(long)]
     pub skip_bad: bool,
+    /// Also tokenize every text record with this model folder's tokenizer and chat template
+    /// and print sequence / answer lengths.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Token budget to check against (records longer than this get their document cut).
+    #[arg(long, default_value_t = 2048)]
+    pub max_len: usize,
+}
+
+/// Prints token-length percentiles of full sequences and answers, and how many records the
+/// budget cuts or cannot hold.
+fn token_lengths(records: &[crate::data::Record], model: &std::path::Path, max_len: usize) -> anyhow::Result<()> {
+    let tok = crate::tokenizer::Tokenizer::from_model_dir(model)?;
+    let template = crate::chat::ChatTemplate::from_model_dir(model);
+    let (mut total, mut answer, mut too_long) = (Vec::new(), Vec::new(), 0usize);
+    for r in records.iter().filter(|r| r.image.is_none()) {
+        let enc = crate::data::encode_record(&tok, &template, r, usize::MAX)?;
+        total.push(enc.input_ids.len());
+        answer.push(enc.loss_mask.iter().filter(|&&m| m).count());
+        if let Err(crate::data::DataError::TooLong { .. }) = crate::data::encode_record(&tok, &template, r, max_len) {
+            too_long += 1;
+        }
+    }
+    anyhow::ensure!(!total.is_empty(), "no text records to tokenize");
+    let pct = |v: &mut Vec<usize>, p: f64| {
+        v.sort_unstable();
+        v[((v.len() - 1) as f64 * p).round() as usize]
+    };
+    let over = total.iter().filter(|&&n| n > max_len).count();
+    println!(
+        "tokens per record: median {}, p90 {}, max {}; answer tokens: median {}, p90 {}, max {}",
+        pct(&mut total, 0.5),
+        pct(&mut total, 0.9),
+        pct(&mut total, 1.0),
+        pct(&mut answer, 0.5),
+        pct(&mut answer, 0.9),
+        pct(&mut answer, 1.0)
+    );
+    println!("{over} of {} records exceed {max_len} tokens (document cut); {too_long} cannot fit at all", total.len());
+    Ok(())
 }
 
 /// Entry point of `medqlora datasets`.
@@ -104,6 +144,9 @@ pub fn run(cmd: DatasetsCommand) -> anyhow::Result<()> {
             println!("{}: {} records {:?}, {} bad lines", a.file.display(), ds.records.len(), by_type, ds.skipped.len());
             for b in &ds.skipped {
                 println!("bad: {b}");
+            }
+            if let Some(model) = &a.model {
+                token_lengths(&ds.records, model, a.max_len)?;
             }
         }
     }

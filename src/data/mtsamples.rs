@@ -210,7 +210,7 @@ pub fn read_notes(path: &Path, skip_bad: bool, stats: &mut MtStats) -> Result<Ve
     for n in &mut notes {
         n.specialties.sort();
     }
-    notes.sort_by(|a, b| id_key(&a.note_id).cmp(&id_key(&b.note_id)));
+    notes.sort_by_key(|n| id_key(&n.note_id));
     stats.documents = notes.len();
     stats.duplicated_documents = notes.iter().filter(|n| n.note_ids.len() > 1).count();
     Ok(notes)

@@ -113,9 +113,19 @@ fn read_f32(path: &Path, key: &str, view: &safetensors::tensor::TensorView<'_>) 
     })
 }
 
-/// Reads `adapter_config.json`: `(r, lora_alpha, lora_dropout, use_rslora, target_modules,
-/// alpha_pattern, base_model)`.
-fn read_config(path: &Path) -> Result<(usize, f64, f64, bool, Vec<String>, BTreeMap<String, f64>, String), PeftError> {
+/// The `adapter_config.json` fields the loader uses.
+struct AdapterConfig {
+    r: usize,
+    alpha: f64,
+    dropout: f64,
+    use_rslora: bool,
+    target_modules: Vec<String>,
+    alpha_pattern: BTreeMap<String, f64>,
+    base_model: String,
+}
+
+/// Reads and checks `adapter_config.json`.
+fn read_config(path: &Path) -> Result<AdapterConfig, PeftError> {
     let text = std::fs::read_to_string(path).map_err(io(path))?;
     let bad = |reason: String| PeftError::Config { path: path.to_owned(), reason };
     let cfg: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
@@ -132,8 +142,8 @@ fn read_config(path: &Path) -> Result<(usize, f64, f64, bool, Vec<String>, BTree
     let r = cfg.get("r").and_then(Value::as_u64).filter(|&r| r > 0).ok_or_else(|| bad("missing or invalid \"r\" (a positive integer)".into()))? as usize;
     let alpha = cfg.get("lora_alpha").and_then(Value::as_f64).ok_or_else(|| bad("missing \"lora_alpha\"".into()))?;
     let dropout = cfg.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0);
-    let rslora = cfg.get("use_rslora").and_then(Value::as_bool).unwrap_or(false);
-    let targets = match cfg.get("target_modules") {
+    let use_rslora = cfg.get("use_rslora").and_then(Value::as_bool).unwrap_or(false);
+    let target_modules = match cfg.get("target_modules") {
         Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
         Some(Value::String(s)) => vec![s.clone()],
         _ => Vec::new(),
@@ -143,8 +153,8 @@ fn read_config(path: &Path) -> Result<(usize, f64, f64, bool, Vec<String>, BTree
         .and_then(Value::as_object)
         .map(|m| m.iter().filter_map(|(k, v)| v.as_f64().map(|a| (k.clone(), a))).collect())
         .unwrap_or_default();
-    let base = cfg.get("base_model_name_or_path").and_then(Value::as_str).unwrap_or("").to_owned();
-    Ok((r, alpha, dropout, rslora, targets, alpha_pattern, base))
+    let base_model = cfg.get("base_model_name_or_path").and_then(Value::as_str).unwrap_or("").to_owned();
+    Ok(AdapterConfig { r, alpha, dropout, use_rslora, target_modules, alpha_pattern, base_model })
 }
 
 /// Loads a PEFT LoRA adapter folder into `model`'s linears (replacing any adapters there).
@@ -156,7 +166,7 @@ pub fn load_peft_adapter<B: Backend>(model: &mut Qwen2ForCausalLM<B>, dir: &Path
     if !dir.is_dir() {
         return Err(PeftError::Config { path: dir.to_owned(), reason: "adapter folder does not exist (it needs adapter_config.json and adapter_model.safetensors)".into() });
     }
-    let (r, alpha, dropout, rslora, targets, alpha_pattern, base) = read_config(&cfg_path)?;
+    let AdapterConfig { r, alpha, dropout, use_rslora, target_modules, alpha_pattern, base_model } = read_config(&cfg_path)?;
     let wpath = dir.join(WEIGHTS_FILE);
     let bytes = std::fs::read(&wpath).map_err(io(&wpath))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
@@ -195,7 +205,7 @@ pub fn load_peft_adapter<B: Backend>(model: &mut Qwen2ForCausalLM<B>, dir: &Path
         let a = Tensor::<B, 2>::from_data(TensorData::new(read_f32(&wpath, ka, &va)?, [rank, inp]), device);
         let b = Tensor::<B, 2>::from_data(TensorData::new(read_f32(&wpath, kb, &vb)?, [out, rank]), device);
         let a_alpha = alpha_pattern.iter().find(|(k, _)| is_targeted(name, std::slice::from_ref(*k))).map_or(alpha, |(_, &v)| v);
-        let spec = LoraSpec { r: rank, alpha: a_alpha, dropout, use_rslora: rslora };
+        let spec = LoraSpec { r: rank, alpha: a_alpha, dropout, use_rslora };
         // `init` sets scaling and dropout the way the trainer's adapters have them; the
         // weights are then replaced by the file's.
         let mut adapter = LoraAdapter::init(inp, out, &spec, device);
@@ -207,7 +217,7 @@ pub fn load_peft_adapter<B: Backend>(model: &mut Qwen2ForCausalLM<B>, dir: &Path
     if loaded == 0 {
         return Err(terr("(all)", format!("no adapter weights for the text model ({skipped_vision} vision-tower tensors skipped)")));
     }
-    Ok(PeftAdapterInfo { base_model: base, r, alpha, use_rslora: rslora, target_modules: targets, modules: loaded, skipped_vision })
+    Ok(PeftAdapterInfo { base_model, r, alpha, use_rslora, target_modules, modules: loaded, skipped_vision })
 }
 
 /// Every linear of the model by HF module name.
