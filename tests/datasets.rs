@@ -290,3 +290,29 @@ fn loss_mask_on_the_tiny_fixture_tokenizer() {
     let enc = encode_record(&tok, &ChatTemplate::from_model_dir(&dir), &record("t", "HR 88"), 4096).unwrap();
     assert!(enc.loss_mask.iter().any(|&m| m) && !enc.loss_mask[0]);
 }
+
+/// The subcommands end to end through the binary: synth + check work, and bad input ends
+/// with a message naming the file and line (exit code 1, no panic) before any model loads.
+#[test]
+fn cli_datasets_and_eval_errors() {
+    let bin = env!("CARGO_BIN_EXE_medqlora");
+    let d = tmp("cli");
+    let run = |args: &[&str]| std::process::Command::new(bin).args(args).output().unwrap();
+    let out = d.join("syn");
+    let o = run(&["datasets", "synth", "--kind", "cardiology", "--n", "4", "--seed", "3", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&["datasets", "check", out.join("train.jsonl").to_str().unwrap()]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("cardiology"), "{o:?}");
+    let bad = d.join("bad.jsonl");
+    std::fs::write(&bad, "{\"id\":\"x\",\"doc_type\":\"t\",\"text\":\"a\",\"target\":{}}\n{oops\n").unwrap();
+    let model = common::fixture("qwen2_tiny");
+    let o = run(&["eval", "--model", model.to_str().unwrap(), "--data", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("bad.jsonl:2: not valid JSON") && err.contains("--skip-bad") && !err.contains("panicked"), "{err}");
+    let o = run(&["datasets", "mtsamples", "--csv", d.join("none.csv").to_str().unwrap(), "--task", "sections", "--out", d.join("m").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("none.csv"));
+    let o = run(&["datasets", "synth", "--kind", "all", "--n", "0", "--out", d.join("z").to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--n must be at least 1"));
+}
