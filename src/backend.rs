@@ -2,7 +2,7 @@
 //! `B: Backend`. CPU (`burn-ndarray`, f32) always exists; CUDA (`burn-cuda`) with the `cuda`
 //! cargo feature, in f32 or bf16 compute.
 
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use std::fmt;
 use std::str::FromStr;
 
@@ -27,6 +27,19 @@ impl FromStr for DeviceSpec {
                 .map(Self::Cuda)
                 .ok_or_else(|| format!("unknown device \"{s}\": use cpu, cuda or cuda:N")),
         }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DeviceSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl serde::Serialize for DeviceSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
@@ -64,6 +77,29 @@ pub trait BackendTask {
     type Output;
     /// Runs on backend `B` and `device`.
     fn run<B: Backend>(self, device: B::Device) -> Self::Output;
+}
+
+/// Work that needs gradients (training): runs on the chosen backend wrapped in `Autodiff`.
+pub trait AutodiffTask {
+    /// What the work returns.
+    type Output;
+    /// Runs on backend `B` (an `Autodiff<_>`) and `device`.
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output;
+}
+
+/// Adapts an [`AutodiffTask`] to [`dispatch`]: the picked backend gets wrapped in `Autodiff`.
+struct WithAutodiff<T>(T);
+
+impl<T: AutodiffTask> BackendTask for WithAutodiff<T> {
+    type Output = T::Output;
+    fn run<B: Backend>(self, device: B::Device) -> T::Output {
+        self.0.run::<burn::backend::Autodiff<B>>(device)
+    }
+}
+
+/// [`dispatch`] for training: the same backends, with autodiff.
+pub fn dispatch_autodiff<T: AutodiffTask>(device: DeviceSpec, dtype: ComputeDtype, task: T) -> Result<T::Output, BackendError> {
+    dispatch(device, dtype, WithAutodiff(task))
 }
 
 /// The CPU backend type.

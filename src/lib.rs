@@ -12,4 +12,5 @@ pub mod lora;
 pub mod model;
 pub mod quant;
 pub mod tokenizer;
+pub mod train;
 pub mod cli;

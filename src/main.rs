@@ -13,6 +13,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Train LoRA adapters from a recipe (recipes/*.toml).
+    Train(cli::train::TrainArgs),
     /// Generate text from a prompt with a Hugging Face checkpoint (greedy by default).
     Generate(cli::generate::GenerateArgs),
     /// Parameter counts and weight memory (bf16 vs NF4) from a config.json.
@@ -31,6 +33,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
+        Command::Train(args) => cli::train::run(args),
         Command::Generate(args) => cli::generate::run(args),
         Command::Inspect(args) => cli::inspect::run(args),
         Command::Quantize(args) => cli::quantize::run(args),

@@ -11,6 +11,8 @@ use std::path::PathBuf;
 pub enum BenchCommand {
     /// Prefill and decode speed of `generate` (stop tokens ignored, batch 1).
     Generate(BenchGenerateArgs),
+    /// QLoRA training steps/s and tokens/s on random tokens (compare tools/bench_transformers_qlora.py).
+    Train(super::bench_train::BenchTrainArgs),
 }
 
 /// Arguments of `bench generate`.
@@ -90,5 +92,6 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             let (device, dtype) = (args.device.device, args.device.dtype);
             dispatch(device, dtype, GenTask(args))?
         }
+        BenchCommand::Train(args) => super::bench_train::run(args),
     }
 }

@@ -3,9 +3,11 @@
 pub mod bench;
 pub mod datasets;
 pub mod eval;
+pub mod bench_train;
 pub mod generate;
 pub mod inspect;
 pub mod quantize;
+pub mod train;
 
 use crate::backend::{ComputeDtype, DeviceSpec};
 use crate::model::{QuantizeOnLoad, Qwen2ForCausalLM, TextConfig, WeightStore};

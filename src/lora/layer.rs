@@ -6,7 +6,6 @@
 
 use crate::model::linear::matmul_weight_t;
 use burn::module::{Module, Param};
-use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::{backend::Backend, Distribution, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -41,8 +40,13 @@ pub struct LoraAdapter<B: Backend> {
     pub lora_b: Param<Tensor<B, 2>>,
     /// `alpha / r` (or rsLoRA's).
     pub scaling: f64,
-    /// Input dropout (active only under autodiff, i.e. in training).
-    pub dropout: Dropout,
+    /// Probability of zeroing an input element (PEFT `lora_dropout`).
+    pub dropout: f64,
+    /// Dropout is applied only while this is set ([`LoraAdapter::set_training`]). An explicit
+    /// flag rather than Burn's "autodiff means training" rule: the trainer's checkpointed
+    /// forward runs without autodiff and must draw the same masks as the recompute.
+    #[module(skip)]
+    pub training: bool,
 }
 
 impl<B: Backend> LoraAdapter<B> {
@@ -54,7 +58,8 @@ impl<B: Backend> LoraAdapter<B> {
             lora_a: Param::from_tensor(a),
             lora_b: Param::from_tensor(Tensor::zeros([out_features, spec.r], device)),
             scaling: spec.scaling(),
-            dropout: DropoutConfig::new(spec.dropout).init(),
+            dropout: spec.dropout,
+            training: false,
         }
     }
 
@@ -62,9 +67,21 @@ impl<B: Backend> LoraAdapter<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, s, k] = x.dims();
         let out = self.lora_b.val().dims()[0];
-        let x = self.dropout.forward(x).reshape([b * s, k]);
+        let x = if self.training && self.dropout > 0.0 {
+            // Inverted dropout as torch.nn.Dropout: zero with probability p, scale the rest.
+            let keep = x.random_like(Distribution::Bernoulli(1.0 - self.dropout));
+            (x * keep).div_scalar(1.0 - self.dropout)
+        } else {
+            x
+        };
+        let x = x.reshape([b * s, k]);
         let h = matmul_weight_t(x, self.lora_a.val());
         matmul_weight_t(h, self.lora_b.val()).mul_scalar(self.scaling).reshape([b, s, out])
+    }
+
+    /// Turns input dropout on (training) or off (evaluation, generation).
+    pub fn set_training(&mut self, training: bool) {
+        self.training = training;
     }
 
     /// Trainable parameters: `r * (in + out)`.

@@ -11,6 +11,7 @@ pub mod nf4_weight;
 pub mod norm;
 pub mod rope;
 pub mod text;
+pub mod tiny;
 
 pub use config::{ConfigError, TextConfig};
 pub use kv_cache::KvCache;

@@ -24,7 +24,10 @@ impl<B: Backend> RmsNorm<B> {
         let dtype = x.dtype();
         let x32 = x.cast(DType::F32);
         let variance = x32.clone().powi_scalar(2).mean_dim(2);
-        let normed = x32 * (variance + self.eps).sqrt().recip();
+        // A division, not `recip()`: burn-ndarray's in-place recip (taken when the tensor is
+        // uniquely owned) is an approximate SIMD reciprocal (measured 3e-5 off the exact one),
+        // which made results depend on reference counts and broke bit-exact resume.
+        let normed = x32 / (variance + self.eps).sqrt();
         normed.cast(dtype) * self.weight.val().unsqueeze_dim::<2>(0).unsqueeze_dim::<3>(0)
     }
 }

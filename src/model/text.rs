@@ -39,6 +39,34 @@ impl<B: Backend> DecoderLayer<B> {
         let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), inputs, cache);
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
+
+    /// The seven projections with their names relative to the layer (`self_attn.q_proj` …).
+    pub fn linears(&self) -> [(&'static str, &Linear<B>); 7] {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        [
+            ("self_attn.q_proj", &a.q_proj),
+            ("self_attn.k_proj", &a.k_proj),
+            ("self_attn.v_proj", &a.v_proj),
+            ("self_attn.o_proj", &a.o_proj),
+            ("mlp.gate_proj", &m.gate_proj),
+            ("mlp.up_proj", &m.up_proj),
+            ("mlp.down_proj", &m.down_proj),
+        ]
+    }
+
+    /// [`Self::linears`], mutably.
+    pub fn linears_mut(&mut self) -> [(&'static str, &mut Linear<B>); 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        [
+            ("self_attn.q_proj", &mut a.q_proj),
+            ("self_attn.k_proj", &mut a.k_proj),
+            ("self_attn.v_proj", &mut a.v_proj),
+            ("self_attn.o_proj", &mut a.o_proj),
+            ("mlp.gate_proj", &mut m.gate_proj),
+            ("mlp.up_proj", &mut m.up_proj),
+            ("mlp.down_proj", &mut m.down_proj),
+        ]
+    }
 }
 
 /// `Qwen2Model`: embeddings, decoder layers, final norm.
@@ -275,18 +303,22 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
     }
 
     /// Every linear layer with its HF module name (`model.layers.3.self_attn.q_proj`, `lm_head`).
+    pub fn linears(&self) -> Vec<(String, &Linear<B>)> {
+        let mut out = Vec::new();
+        for (i, l) in self.model.layers.iter().enumerate() {
+            out.extend(l.linears().into_iter().map(|(n, lin)| (format!("model.layers.{i}.{n}"), lin)));
+        }
+        if let Some(head) = self.lm_head.as_ref() {
+            out.push(("lm_head".to_owned(), head));
+        }
+        out
+    }
+
+    /// [`Self::linears`], mutably.
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear<B>)> {
         let mut out = Vec::new();
         for (i, l) in self.model.layers.iter_mut().enumerate() {
-            let p = format!("model.layers.{i}");
-            let a = &mut l.self_attn;
-            out.push((format!("{p}.self_attn.q_proj"), &mut a.q_proj));
-            out.push((format!("{p}.self_attn.k_proj"), &mut a.k_proj));
-            out.push((format!("{p}.self_attn.v_proj"), &mut a.v_proj));
-            out.push((format!("{p}.self_attn.o_proj"), &mut a.o_proj));
-            out.push((format!("{p}.mlp.gate_proj"), &mut l.mlp.gate_proj));
-            out.push((format!("{p}.mlp.up_proj"), &mut l.mlp.up_proj));
-            out.push((format!("{p}.mlp.down_proj"), &mut l.mlp.down_proj));
+            out.extend(l.linears_mut().into_iter().map(|(n, lin)| (format!("model.layers.{i}.{n}"), lin)));
         }
         if let Some(head) = self.lm_head.as_mut() {
             out.push(("lm_head".to_owned(), head));
@@ -314,16 +346,10 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
         let norm = |n: &RmsNorm<B>| n.weight.val().dims()[0] * n.weight.val().dtype().size();
         let embed = self.model.embed_tokens.val();
         let mut total = embed.shape().num_elements() * embed.dtype().size() + norm(&self.model.norm);
-        total += self.lm_head.as_ref().map_or(0, Linear::resident_bytes);
         for l in &self.model.layers {
-            let a = &l.self_attn;
             total += norm(&l.input_layernorm) + norm(&l.post_attention_layernorm);
-            total += [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &l.mlp.gate_proj, &l.mlp.up_proj, &l.mlp.down_proj]
-                .iter()
-                .map(|p| p.resident_bytes())
-                .sum::<usize>();
         }
-        total
+        total + self.linears().iter().map(|(_, l)| l.resident_bytes()).sum::<usize>()
     }
 
     /// A fresh cache sized for this model.

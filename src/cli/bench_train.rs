@@ -1,0 +1,131 @@
+//! `medqlora bench train`: QLoRA training throughput and memory on a checkpoint folder with
+//! random tokens, the setup of tools/bench_transformers_qlora.py (same model, sequence length,
+//! rank, targets, checkpointing), so the two lines compare directly.
+
+use super::{load_model, model_dir, DeviceArgs, QuantizeFlag};
+use crate::backend::{dispatch_autodiff, AutodiffTask};
+use crate::lora::LoraSpec;
+use crate::train::batches::Batch;
+use crate::train::optim::{clip_global_norm, AdamW, AdamWConfig, NamedTensors};
+use crate::train::step::{adapter_names, forward_backward, trainable};
+use burn::module::Param;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Arguments of `bench train`.
+#[derive(clap::Args, Debug)]
+pub struct BenchTrainArgs {
+    /// Hugging Face checkpoint folder (random weights are fine).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 2048)]
+    pub seq: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// LoRA rank (alpha 16, the seven projections).
+    #[arg(long, default_value_t = 64)]
+    pub r: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Untimed steps first (kernel compilation, autotuning).
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Keep every layer's activations instead of recomputing them.
+    #[arg(long)]
+    pub no_checkpointing: bool,
+    /// Base weight format.
+    #[arg(long, value_enum, default_value = "nf4")]
+    pub quantize: QuantizeFlag,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+struct Task(BenchTrainArgs);
+
+impl AutodiffTask for Task {
+    type Output = anyhow::Result<()>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
+        let a = &self.0;
+        let mut model = load_model::<B>(&a.model, &device, a.quantize)?;
+        let spec = LoraSpec { r: a.r, alpha: 16.0, dropout: 0.05, use_rslora: false };
+        let targets: Vec<String> =
+            ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].iter().map(|s| s.to_string()).collect();
+        let trainable_params = model.add_lora(&spec, &targets, &device);
+        for (_, l) in model.linears_mut() {
+            if let Some(lora) = l.lora.as_mut() {
+                lora.set_training(true);
+            }
+        }
+        let vocab = model.config.vocab_size as i64;
+        let params: NamedTensors<B::InnerBackend> = trainable(&model).into_iter().map(|(k, v)| (k, v.inner())).collect();
+        let mut opt = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }, params);
+        let n = a.batch * a.seq;
+        // Random tokens (fixed LCG), loss on every position, as the Python script does.
+        let mut x = 12345u64;
+        let mut times = Vec::new();
+        for step in 0..a.warmup + a.steps {
+            let ids: Vec<i64> = (0..n)
+                .map(|_| {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    ((x >> 33) as i64) % vocab
+                })
+                .collect();
+            let mut targets = ids[1..].to_vec();
+            targets.push(0);
+            let mut weights = vec![1.0f32; n];
+            for row in 0..a.batch {
+                weights[row * a.seq + a.seq - 1] = 0.0;
+            }
+            let batch = Batch { example_ids: (0..a.batch).collect(), input_ids: ids, targets, weights, batch: a.batch, seq: a.seq };
+            let start = Instant::now();
+            let mut grads = NamedTensors::new();
+            let l = forward_backward(&model, &batch, 1.0 / batch.scored_tokens() as f64, !a.no_checkpointing, step as u64, &mut grads);
+            clip_global_norm(&mut grads, 1.0);
+            opt.step(grads, 2e-4);
+            for (name, linear) in model.linears_mut() {
+                let Some(lora) = linear.lora.as_mut() else { continue };
+                let [ka, kb] = adapter_names(&name);
+                for (key, p) in [(ka, &mut lora.lora_a), (kb, &mut lora.lora_b)] {
+                    let dtype = p.val().dtype();
+                    *p = Param::initialized(p.id, Tensor::from_inner(opt.master[&key].clone().cast(dtype)).require_grad());
+                }
+            }
+            // The step ends when the updated weights exist on the device.
+            let _ = opt.master.values().next().map(|t| t.clone().slice([0..1, 0..1]).into_data());
+            let secs = start.elapsed().as_secs_f64();
+            eprintln!("step {step}: loss {:.4}, {:.2}s", l.nll_sum / l.tokens as f64, secs);
+            if step >= a.warmup {
+                times.push(secs);
+            }
+        }
+        let tok_s = (n * times.len()) as f64 / times.iter().sum::<f64>();
+        println!(
+            "bench train | {} | {} {:?} {:?} | seq {} bs {} r {} checkpointing {} | trainable {:.1}M | {:.0} tok/s (mean of {} steps)",
+            a.model.display(),
+            a.device.device,
+            a.device.dtype,
+            a.quantize,
+            a.seq,
+            a.batch,
+            a.r,
+            !a.no_checkpointing,
+            trainable_params as f64 / 1e6,
+            tok_s,
+            times.len()
+        );
+        Ok(())
+    }
+}
+
+/// Entry point of `bench train`.
+pub fn run(args: BenchTrainArgs) -> anyhow::Result<()> {
+    model_dir(&args.model)?;
+    anyhow::ensure!(args.seq >= 2 && args.batch >= 1 && args.steps >= 1, "--seq >= 2, --batch >= 1 and --steps >= 1");
+    let (device, dtype) = (args.device.device, args.device.dtype);
+    dispatch_autodiff(device, dtype, Task(args))?
+}

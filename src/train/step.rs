@@ -1,0 +1,202 @@
+//! One micro-batch's loss and LoRA gradients, with or without per-layer gradient
+//! checkpointing.
+//!
+//! Checkpointing (transformers' `gradient_checkpointing_enable`, one segment per decoder layer)
+//! is done by hand rather than through Burn's checkpointing strategies, so that what is kept is
+//! exactly one hidden state per layer: a forward without autodiff stores each layer's input;
+//! the backward then walks the layers in reverse, recomputes one layer under autodiff, and
+//! pulls the input gradient through it (`d/dx sum(layer(x) * g)` = the vector-Jacobian product).
+//! The head computes the loss only on scored (assistant) rows, so the `[tokens, vocab]` logits
+//! exist only for the answer tokens.
+//!
+//! Dropout masks are drawn from the backend RNG reseeded per layer from `(seed, layer)`, so the
+//! recompute draws the forward's masks and a resumed run draws the same ones again.
+
+use super::batches::Batch;
+use super::optim::NamedTensors;
+use crate::model::rope::PositionIds;
+use crate::model::text::causal_mask;
+use crate::model::Qwen2ForCausalLM;
+use crate::model::linear::Linear;
+use burn::module::AutodiffModule;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{DType, ElementConversion, Int, Tensor, TensorData};
+
+/// Loss of one micro-batch: the sum of token NLLs (f64 on the host) and the scored tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MicroLoss {
+    /// Sum of `-log p(target)` over scored positions.
+    pub nll_sum: f64,
+    /// Scored positions.
+    pub tokens: usize,
+}
+
+/// The PEFT names of an adapter's two tensors (`<module>.lora_A`, `<module>.lora_B`).
+pub fn adapter_names(module: &str) -> [String; 2] {
+    [format!("{module}.lora_A"), format!("{module}.lora_B")]
+}
+
+/// Every trainable tensor by PEFT name.
+pub fn trainable<B: Backend>(model: &Qwen2ForCausalLM<B>) -> NamedTensors<B> {
+    let mut out = NamedTensors::new();
+    for (name, linear) in model.linears() {
+        if let Some(lora) = &linear.lora {
+            let [a, b] = adapter_names(&name);
+            out.insert(a, lora.lora_a.val());
+            out.insert(b, lora.lora_b.val());
+        }
+    }
+    out
+}
+
+fn collect_grads<'a, B: AutodiffBackend>(
+    linears: impl IntoIterator<Item = (String, &'a Linear<B>)>,
+    grads: &mut B::Gradients,
+    out: &mut NamedTensors<B::InnerBackend>,
+) {
+    for (name, linear) in linears {
+        let Some(lora) = &linear.lora else { continue };
+        let [a, b] = adapter_names(&name);
+        for (key, param) in [(a, &lora.lora_a), (b, &lora.lora_b)] {
+            if let Some(g) = param.val().grad_remove(grads) {
+                let g = g.cast(DType::F32);
+                match out.remove(&key) {
+                    Some(acc) => out.insert(key, acc + g),
+                    None => out.insert(key, g),
+                };
+            }
+        }
+    }
+}
+
+/// Token ids `[batch, seq]` and the scored rows' indices and targets on `device`.
+struct DeviceBatch<B: Backend> {
+    ids: Tensor<B, 2, Int>,
+    rows: Tensor<B, 1, Int>,
+    targets: Tensor<B, 2, Int>,
+}
+
+fn upload<B: Backend>(batch: &Batch, device: &B::Device) -> DeviceBatch<B> {
+    let scored: Vec<usize> = (0..batch.weights.len()).filter(|&i| batch.weights[i] > 0.0).collect();
+    let rows: Vec<i64> = scored.iter().map(|&i| i as i64).collect();
+    let targets: Vec<i64> = scored.iter().map(|&i| batch.targets[i]).collect();
+    let n = rows.len();
+    DeviceBatch {
+        ids: Tensor::from_data(TensorData::new(batch.input_ids.clone(), [batch.batch, batch.seq]), device),
+        rows: Tensor::from_data(TensorData::new(rows, [n]), device),
+        targets: Tensor::from_data(TensorData::new(targets, [n, 1]), device),
+    }
+}
+
+/// Sum of NLLs over the scored rows: final norm, vocabulary projection, f32 log-softmax.
+/// `h: [batch, seq, hidden]` is the last layer's output (before the final norm).
+fn head_nll<B: Backend>(model: &Qwen2ForCausalLM<B>, h: Tensor<B, 3>, rows: Tensor<B, 1, Int>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
+    let [b, s, d] = h.dims();
+    let n = rows.dims()[0];
+    let h = h.reshape([b * s, d]).select(0, rows).reshape([1, n, d]);
+    let logits = model.project(model.model.norm.forward(h)).reshape([n, model.config.vocab_size]);
+    let logp = log_softmax(logits.cast(DType::F32), 1);
+    logp.gather(1, targets).sum().neg()
+}
+
+fn layer_seed(seed: u64, layer: usize) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (layer as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03)
+}
+
+/// Forward + backward of one micro-batch. Gradients of `scale * nll_sum` are added into
+/// `grads` (f32, by PEFT name), so that accumulating micro-batches with
+/// `scale = 1 / tokens_in_step` yields the gradient of the step's mean token loss.
+pub fn forward_backward<B: AutodiffBackend>(
+    model: &Qwen2ForCausalLM<B>,
+    batch: &Batch,
+    scale: f64,
+    checkpointing: bool,
+    seed: u64,
+    grads: &mut NamedTensors<B::InnerBackend>,
+) -> MicroLoss {
+    let tokens = batch.scored_tokens();
+    if tokens == 0 {
+        return MicroLoss { nll_sum: 0.0, tokens };
+    }
+    let device = model.model.embed_tokens.val().device();
+    let positions = PositionIds::text(batch.batch, batch.seq, 0);
+    let (cos, sin) = model.model.rotary.cos_sin::<B>(&positions, &device);
+    let mask = causal_mask::<B>(batch.seq, 0, &device);
+    let inputs = crate::model::attention::AttentionInputs { cos: &cos, sin: &sin, mask: &mask };
+    let data = upload::<B>(batch, &device);
+
+    if !checkpointing {
+        let mut x = model.embed(data.ids);
+        for (i, layer) in model.model.layers.iter().enumerate() {
+            B::seed(&device, layer_seed(seed, i));
+            x = layer.forward(x, &inputs, None);
+        }
+        let nll = head_nll(model, x, data.rows, data.targets);
+        let nll_sum = f64::from(nll.clone().into_scalar().elem::<f32>());
+        let mut g = nll.mul_scalar(scale).backward();
+        collect_grads(model.linears(), &mut g, grads);
+        return MicroLoss { nll_sum, tokens };
+    }
+
+    // Forward without a tape, keeping each layer's input.
+    let inner = model.valid();
+    let (icos, isin) = inner.model.rotary.cos_sin::<B::InnerBackend>(&positions, &device);
+    let imask = causal_mask::<B::InnerBackend>(batch.seq, 0, &device);
+    let iinputs = crate::model::attention::AttentionInputs { cos: &icos, sin: &isin, mask: &imask };
+    let mut saved = Vec::with_capacity(inner.model.layers.len());
+    let mut x = inner.embed(data.ids.inner());
+    for (i, layer) in inner.model.layers.iter().enumerate() {
+        saved.push(x.clone());
+        B::InnerBackend::seed(&device, layer_seed(seed, i));
+        x = layer.forward(x, &iinputs, None);
+    }
+    drop(inner);
+
+    // Head: loss and the gradient w.r.t. the last hidden state.
+    let h = Tensor::<B, 3>::from_inner(x).require_grad();
+    let nll = head_nll(model, h.clone(), data.rows, data.targets);
+    let nll_sum = f64::from(nll.clone().into_scalar().elem::<f32>());
+    let mut g = nll.mul_scalar(scale).backward();
+    let mut upstream = h.grad_remove(&mut g).expect("the head depends on the hidden state");
+    if let Some(head) = &model.lm_head {
+        collect_grads([("lm_head".to_owned(), head)], &mut g, grads);
+    }
+    drop(g);
+
+    // Layers in reverse: recompute one layer under autodiff, pull the gradient through it.
+    for (i, layer) in model.model.layers.iter().enumerate().rev() {
+        let x = Tensor::<B, 3>::from_inner(saved.pop().expect("one saved input per layer")).require_grad();
+        B::seed(&device, layer_seed(seed, i));
+        let y = layer.forward(x.clone(), &inputs, None);
+        let mut g = (y * Tensor::from_inner(upstream)).sum().backward();
+        let prefix = format!("model.layers.{i}");
+        collect_grads(layer.linears().into_iter().map(|(n, l)| (format!("{prefix}.{n}"), l)), &mut g, grads);
+        upstream = match x.grad_remove(&mut g) {
+            Some(gx) => gx,
+            None => break,
+        };
+    }
+    MicroLoss { nll_sum, tokens }
+}
+
+/// Loss of one micro-batch without gradients (eval loss).
+pub fn eval_loss<B: Backend>(model: &Qwen2ForCausalLM<B>, batch: &Batch) -> MicroLoss {
+    let tokens = batch.scored_tokens();
+    if tokens == 0 {
+        return MicroLoss { nll_sum: 0.0, tokens };
+    }
+    let device = model.model.embed_tokens.val().device();
+    let data = upload::<B>(batch, &device);
+    let (_, _) = (&data.rows, &data.targets);
+    let mut x = model.embed(data.ids);
+    let positions = PositionIds::text(batch.batch, batch.seq, 0);
+    let (cos, sin) = model.model.rotary.cos_sin::<B>(&positions, &device);
+    let mask = causal_mask::<B>(batch.seq, 0, &device);
+    let inputs = crate::model::attention::AttentionInputs { cos: &cos, sin: &sin, mask: &mask };
+    for layer in &model.model.layers {
+        x = layer.forward(x, &inputs, None);
+    }
+    let nll = head_nll(model, x, data.rows, data.targets);
+    MicroLoss { nll_sum: f64::from(nll.into_scalar().elem::<f32>()), tokens }
+}

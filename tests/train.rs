@@ -1,0 +1,192 @@
+//! `medqlora train` end to end on the tiny random model (CPU): the shipped smoke recipe,
+//! exact resume after SIGKILL, refusal of damaged checkpoints, Ctrl-C, recipe errors.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_medqlora"))
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("medqlora-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn ok(out: Output) -> String {
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "medqlora failed ({}):\n{text}", out.status);
+    text
+}
+
+/// A small recipe: 20 steps, checkpoints every 10, dropout on (so RNG replay matters).
+fn small_recipe(dir: &Path) -> PathBuf {
+    let path = dir.join("recipe.toml");
+    std::fs::write(
+        &path,
+        r#"
+name = "resume-test"
+output_dir = "unused"
+seed = 3
+[model]
+source = "tiny_random"
+quantize = { format = "nf4" }
+[model.tiny]
+hidden_size = 32
+intermediate_size = 64
+num_hidden_layers = 2
+num_attention_heads = 4
+num_key_value_heads = 2
+[lora]
+r = 4
+alpha = 8
+dropout = 0.1
+target_modules = ["q_proj", "v_proj", "down_proj"]
+[data]
+source = { kind = "synth", kinds = ["lab_panel"], train_per_kind = 12, eval_per_kind = 2, seed = 5 }
+max_seq_len = 1024
+[train]
+max_steps = 20
+micro_batch_size = 2
+grad_accum = 2
+lr = 1e-2
+warmup_steps = 3
+save_every = 10
+keep_last = 5
+"#,
+    )
+    .unwrap();
+    path
+}
+
+fn state(ckpt: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(ckpt.join("trainer_state.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn smoke_recipe_trains_logs_and_checkpoints() {
+    let out_dir = scratch("smoke");
+    let text = ok(bin().args(["train", "recipes/tiny-smoke.toml", "--output-dir"]).arg(&out_dir).current_dir(common::root()).output().unwrap());
+    println!("{text}");
+    assert!(text.contains("trainable params:"), "prints trainable/total parameters");
+    let ck = out_dir.join("checkpoints").join("step-000030");
+    assert!(ck.join("adapter_model.safetensors").exists() && ck.join("checksums.json").exists());
+    assert!(out_dir.join("adapter").join("adapter_config.json").exists(), "the final adapter is exported");
+    let events: Vec<_> = std::fs::read_dir(out_dir.join("tb")).unwrap().flatten().collect();
+    assert!(events.iter().any(|e| e.file_name().to_string_lossy().starts_with("events.out.tfevents")), "TensorBoard events written");
+    // It learns: the last 5 steps' mean loss is well below the first 5 steps'.
+    let losses: Vec<f64> = state(&ck)["losses"].as_array().unwrap().iter().map(|p| p[1].as_f64().unwrap()).collect();
+    assert_eq!(losses.len(), 30);
+    let head: f64 = losses[..5].iter().sum::<f64>() / 5.0;
+    let tail: f64 = losses[25..].iter().sum::<f64>() / 5.0;
+    assert!(tail < 0.8 * head, "loss {head:.3} -> {tail:.3} did not drop by 20%");
+    let line = text.lines().find(|l| l.starts_with("trained tiny-smoke")).expect("one-line summary");
+    assert!(line.contains("30 steps"), "{line}");
+}
+
+#[test]
+fn sigkill_then_resume_is_bit_identical() {
+    let dir = scratch("resume");
+    let recipe = small_recipe(&dir);
+    let straight = dir.join("straight");
+    ok(bin().arg("train").arg(&recipe).arg("--output-dir").arg(&straight).output().unwrap());
+
+    let killed = dir.join("killed");
+    let mut child = bin().arg("train").arg(&recipe).arg("--output-dir").arg(&killed).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let first = killed.join("checkpoints").join("step-000010");
+    let start = Instant::now();
+    while !first.exists() {
+        assert!(start.elapsed() < Duration::from_secs(300), "no checkpoint at step 10");
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before it could be killed");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the process was killed, not finished");
+    assert!(!killed.join("checkpoints").join("step-000020").exists(), "killed before the end");
+
+    ok(bin().arg("train").arg(&recipe).arg("--output-dir").arg(&killed).arg("--resume").output().unwrap());
+    let (a, b) = (straight.join("checkpoints").join("step-000020"), killed.join("checkpoints").join("step-000020"));
+    let (sa, sb) = (state(&a), state(&b));
+    assert_eq!(sa["losses"], sb["losses"], "per-step losses identical");
+    assert_eq!(sa["cursor"], sb["cursor"]);
+    for f in ["adapter_model.safetensors", "optimizer.safetensors"] {
+        assert!(std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(), "{f} differs after resume");
+    }
+    println!("20 straight == 10 + SIGKILL + resume 10: losses {:?}", sa["losses"]);
+
+    // A damaged checkpoint is refused, naming the file; nothing is trained or overwritten.
+    let bad = dir.join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    let copy = |name: &str| {
+        let to = bad.join(name);
+        std::fs::create_dir_all(&to).unwrap();
+        for f in std::fs::read_dir(&first).unwrap().flatten() {
+            std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+        }
+        to
+    };
+    let truncated = copy("truncated");
+    let bytes = std::fs::read(truncated.join("optimizer.safetensors")).unwrap();
+    std::fs::write(truncated.join("optimizer.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let altered = copy("altered");
+    let mut bytes = std::fs::read(altered.join("adapter_model.safetensors")).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x40;
+    std::fs::write(altered.join("adapter_model.safetensors"), &bytes).unwrap();
+    for (ck, file) in [(&truncated, "optimizer.safetensors"), (&altered, "adapter_model.safetensors")] {
+        let out = bin().arg("train").arg(&recipe).arg("--output-dir").arg(dir.join("never")).arg("--resume").arg(ck).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains(file) && err.contains("checksum"), "{err}");
+        assert!(!dir.join("never").join("checkpoints").exists(), "nothing written for a refused resume");
+    }
+}
+
+#[test]
+fn ctrl_c_writes_a_checkpoint_and_exits_0() {
+    let dir = scratch("sigint");
+    let recipe = small_recipe(&dir);
+    let out = dir.join("run");
+    let mut child = bin().arg("train").arg(&recipe).arg("--output-dir").arg(&out).arg("--max-steps").arg("100000").spawn().unwrap();
+    // Wait until training has started (metrics for step 1), then interrupt.
+    let start = Instant::now();
+    while std::fs::read_to_string(out.join("metrics.jsonl")).map_or(true, |t| !t.contains("\"kind\":\"train\"")) {
+        assert!(start.elapsed() < Duration::from_secs(300), "training never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "Ctrl-C exits 0, got {status}");
+    let cks = std::fs::read_dir(out.join("checkpoints")).unwrap().flatten().count();
+    assert!(cks >= 1, "a checkpoint was written on Ctrl-C");
+}
+
+#[test]
+fn recipe_errors_name_the_key() {
+    let dir = scratch("badrecipe");
+    let good = std::fs::read_to_string(small_recipe(&dir)).unwrap();
+    for (edit, expect) in [
+        (good.replace("lr = 1e-2", "lr = 1e-2\nlearning_rate = 3"), "learning_rate"),
+        (good.replace("r = 4", "r = 0"), "lora.r"),
+        (good.replace("kinds = [\"lab_panel\"]", "kinds = [\"x_ray\"]"), "x_ray"),
+        (good.replace("source = \"tiny_random\"", "source = \"tiny\""), "tiny"),
+        (good.replace("warmup_steps = 3", "warmup_steps = 30"), "train.warmup_steps"),
+    ] {
+        let path = dir.join("edited.toml");
+        std::fs::write(&path, edit).unwrap();
+        let out = bin().arg("train").arg(&path).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(expect) && err.contains("edited.toml"), "expected an error naming {expect}:\n{err}");
+    }
+    let out = bin().args(["train", "/nonexistent/recipe.toml"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/recipe.toml"));
+}
