@@ -79,6 +79,15 @@ fn smoke_recipe_trains_logs_and_checkpoints() {
     assert!(out_dir.join("adapter").join("adapter_config.json").exists(), "the final adapter is exported");
     let events: Vec<_> = std::fs::read_dir(out_dir.join("tb")).unwrap().flatten().collect();
     assert!(events.iter().any(|e| e.file_name().to_string_lossy().starts_with("events.out.tfevents")), "TensorBoard events written");
+    // Stock TensorBoard reads the curves (tools/check_tensorboard.py uses its EventAccumulator).
+    let has_tb = Command::new("python3").args(["-c", "import tensorboard"]).output().is_ok_and(|o| o.status.success());
+    if has_tb {
+        let out = ok(Command::new("python3").arg(common::root().join("tools/check_tensorboard.py")).arg(&out_dir).output().unwrap());
+        println!("{out}");
+        assert!(out.contains("train/loss: 30 points") && out.contains("eval/loss: 3 points"), "{out}");
+    } else {
+        eprintln!("SKIPPED: TensorBoard read-back (python3 has no tensorboard package; .ci/run installs it with pip)");
+    }
     // It learns: the last 5 steps' mean loss is well below the first 5 steps'.
     let losses: Vec<f64> = state(&ck)["losses"].as_array().unwrap().iter().map(|p| p[1].as_f64().unwrap()).collect();
     assert_eq!(losses.len(), 30);

@@ -61,7 +61,7 @@ pub fn load_model<B: Backend>(dir: &Path, device: &B::Device, quantize: Quantize
         "loaded {} ({} layers, {:.1}M parameters, {:.2} GB resident) in {:.1}s",
         dir.display(),
         config.num_hidden_layers,
-        model.num_params() as f64 / 1e6,
+        model.parameter_count() as f64 / 1e6,
         model.resident_bytes() as f64 / 1e9,
         start.elapsed().as_secs_f64()
     );

@@ -341,6 +341,21 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
         trainable
     }
 
+    /// Logical parameters (an NF4 weight counts its `out * in` values, not its packed bytes).
+    pub fn parameter_count(&self) -> usize {
+        let norms: usize = self.model.layers.iter().map(|l| l.input_layernorm.weight.val().dims()[0] * 2).sum();
+        let embed = self.model.embed_tokens.val().shape().num_elements();
+        let linears: usize = self
+            .linears()
+            .iter()
+            .map(|(_, l)| {
+                let [o, i] = l.dims();
+                o * i + l.bias.as_ref().map_or(0, |b| b.val().dims()[0]) + l.lora.as_ref().map_or(0, |a| a.num_trainable())
+            })
+            .sum();
+        embed + norms + self.model.norm.weight.val().dims()[0] + linears
+    }
+
     /// Bytes of all weights resident on the device (NF4 layers at their packed size).
     pub fn resident_bytes(&self) -> usize {
         let norm = |n: &RmsNorm<B>| n.weight.val().dims()[0] * n.weight.val().dtype().size();

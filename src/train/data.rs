@@ -37,6 +37,10 @@ pub struct Prepared {
     pub eval_records: Vec<Record>,
     /// Padding id (`<|endoftext|>`).
     pub pad_id: u32,
+    /// The model's tokenizer (for generation during evaluation).
+    pub tokenizer: Tokenizer,
+    /// The model's chat template.
+    pub template: ChatTemplate,
 }
 
 /// Resolves the model folder, loads and tokenizes the data.
@@ -73,7 +77,7 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared, PrepareError> {
         train.len(),
         eval.len()
     );
-    Ok(Prepared { model_dir, train, eval, eval_records, pad_id })
+    Ok(Prepared { model_dir, train, eval, eval_records, pad_id, tokenizer: tok, template })
 }
 
 fn records(recipe: &Recipe) -> Result<(Vec<Record>, Vec<Record>), PrepareError> {

@@ -9,6 +9,7 @@ use super::optim::{clip_global_norm, learning_rate, AdamW, AdamWConfig, NamedTen
 use super::recipe::{BaseQuant, ModelRecipe, Recipe};
 use super::step::{adapter_names, eval_loss, forward_backward, trainable};
 use crate::backend::{dispatch_autodiff, AutodiffTask, BackendError};
+use crate::eval::{evaluate, EvalOptions};
 use crate::model::{LoadError, QuantizeOnLoad, Qwen2ForCausalLM, TextConfig, WeightStore};
 use burn::module::{AutodiffModule, Module, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -199,6 +200,10 @@ fn set_training<B: Backend>(model: &mut Qwen2ForCausalLM<B>, training: bool) {
     }
 }
 
+fn fmt_acc(acc: Option<(f64, f64)>) -> String {
+    acc.map_or(String::new(), |(a, v)| format!(", field accuracy {:.1}%, JSON valid {:.1}%", 100.0 * a, 100.0 * v))
+}
+
 fn step_seed(seed: u64, step: usize, micro: usize) -> u64 {
     seed ^ ((step as u64) << 20 | micro as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)
 }
@@ -221,11 +226,37 @@ fn mean_eval_loss<B: AutodiffBackend>(model: &Qwen2ForCausalLM<B>, prepared: &Pr
     (tok > 0).then(|| nll / tok as f64)
 }
 
+/// Field accuracy and JSON validity of greedy answers on the first `eval_generate` held-out
+/// records (the evaluator of `medqlora eval`), or `None` when switched off.
+fn field_accuracy<B: AutodiffBackend>(model: &Qwen2ForCausalLM<B>, prepared: &Prepared, recipe: &Recipe) -> Option<(f64, f64)> {
+    let n = recipe.train.eval_generate.min(prepared.eval_records.len());
+    if n == 0 {
+        return None;
+    }
+    let mut m = model.valid();
+    set_training(&mut m, false);
+    let opts = EvalOptions {
+        max_new_tokens: 384,
+        batch_size: recipe.train.micro_batch_size.max(8),
+        limit: Some(n),
+        max_prompt_tokens: recipe.data.max_seq_len,
+        label: recipe.name.clone(),
+        ..EvalOptions::default()
+    };
+    match evaluate(&m, &prepared.tokenizer, &prepared.template, &prepared.eval_records, &opts) {
+        Ok(report) => Some((report.field_accuracy(), report.overall.json_validity())),
+        Err(e) => {
+            eprintln!("warning: field-accuracy evaluation failed: {e}");
+            None
+        }
+    }
+}
+
 fn run_on<B: AutodiffBackend>(task: Task<'_>, device: &B::Device) -> Result<TrainSummary, TrainError> {
     let Task { recipe, prepared, resumed, resume_dir } = task;
     let t = &recipe.train;
     let mut model = load_base::<B>(recipe, &prepared.model_dir, device)?;
-    let total_params = model.num_params();
+    let total_params = model.parameter_count();
     B::seed(device, recipe.seed);
     let spec = recipe.lora.spec();
     let trainable_params = model.add_lora(&spec, &recipe.lora.target_modules, device);
@@ -304,8 +335,9 @@ fn run_on<B: AutodiffBackend>(task: Task<'_>, device: &B::Device) -> Result<Trai
     let initial_eval_loss = if state.step == 0 {
         let l = mean_eval_loss(&model, &prepared, recipe);
         if let Some(l) = l {
-            metrics.eval(0, l, None);
-            eprintln!("step 0: eval loss {l:.4}");
+            let acc = field_accuracy(&model, &prepared, recipe);
+            metrics.eval(0, l, acc);
+            eprintln!("step 0: eval loss {l:.4}{}", fmt_acc(acc));
         }
         l
     } else {
@@ -374,8 +406,10 @@ fn run_on<B: AutodiffBackend>(task: Task<'_>, device: &B::Device) -> Result<Trai
         let done = state.step == t.max_steps;
         if (t.eval_every > 0 && state.step % t.eval_every == 0) || done {
             if let Some(l) = mean_eval_loss(&model, &prepared, recipe) {
-                metrics.eval(state.step, l, None);
-                bar.println(format!("step {}: eval loss {l:.4}", state.step));
+                let acc = field_accuracy(&model, &prepared, recipe);
+                metrics.eval(state.step, l, acc);
+                let line = format!("step {}: eval loss {l:.4}{}", state.step, fmt_acc(acc));
+                if bar.is_hidden() { eprintln!("{line}") } else { bar.println(line) }
                 last_eval = Some(l);
             }
         }
