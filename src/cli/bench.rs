@@ -13,6 +13,38 @@ pub enum BenchCommand {
     Generate(BenchGenerateArgs),
     /// QLoRA training steps/s and tokens/s on random tokens (compare tools/bench_transformers_qlora.py).
     Train(super::bench_train::BenchTrainArgs),
+    /// NF4 kernels (dequant, GEMV, fused GEMM, backward dX) at the Qwen2.5-VL-7B shapes, next
+    /// to the device's copy bandwidth and Burn's bf16 matmul (CUDA build; compare
+    /// tools/bench_torch_kernels.py).
+    Kernels(BenchKernelsArgs),
+}
+
+/// Arguments of `bench kernels`.
+#[derive(clap::Args, Debug)]
+pub struct BenchKernelsArgs {
+    /// One shape (N = K = 3584) and M in {1, 2048} only.
+    #[arg(long)]
+    pub quick: bool,
+}
+
+/// `bench kernels`: the table of `medqlora_kernels::bench` on CUDA device 0.
+fn bench_kernels(args: BenchKernelsArgs) -> anyhow::Result<()> {
+    #[cfg(feature = "cuda")]
+    {
+        use medqlora_kernels::bench::{format_row, run, HEADER, MS, SHAPES};
+        use medqlora_kernels::cubecl::Runtime;
+        let device = medqlora_kernels::cubecl::cuda::CudaDevice::new(0);
+        let client = medqlora_kernels::cubecl::cuda::CudaRuntime::client(&device);
+        let (shapes, ms): (&[(usize, usize)], &[usize]) = if args.quick { (&[(3584, 3584)], &[1, 2048]) } else { (&SHAPES, &MS) };
+        println!("{HEADER}");
+        run(&client, &device, shapes, ms, &crate::quant::dynamic_map::DYNAMIC_MAP_SIGNED, |r| println!("{}", format_row(r)));
+        Ok(())
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = args;
+        anyhow::bail!("bench kernels needs a CUDA build: cargo build --release --features cuda")
+    }
 }
 
 /// Arguments of `bench generate`.
@@ -93,5 +125,6 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             dispatch(device, dtype, GenTask(args))?
         }
         BenchCommand::Train(args) => super::bench_train::run(args),
+        BenchCommand::Kernels(args) => bench_kernels(args),
     }
 }

@@ -79,7 +79,12 @@ impl<B: Backend> Linear<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, s, k] = x.dims();
         let [n, _] = self.dims();
-        let y = matmul_weight_t(x.clone().reshape([b * s, k]), self.dense_weight());
+        let x2 = x.clone().reshape([b * s, k]);
+        let y = match &self.weight {
+            LinearWeight::Dense(w) => matmul_weight_t(x2, w.val()),
+            // NF4: the kernels on CUDA (no dense weight kept for backward), else the reference.
+            LinearWeight::Nf4(w) => w.matmul_t(x2),
+        };
         let y = match &self.bias {
             Some(bias) => y + bias.val().unsqueeze_dim(0),
             None => y,

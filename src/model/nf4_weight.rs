@@ -4,11 +4,19 @@
 //! The Burn-ops dequantization is the backend-generic reference path (CPU, and any backend
 //! without a dedicated kernel); it reproduces `Nf4Tensor::dequantize` (the bitsandbytes-exact
 //! CPU reference) value for value in f32.
+//!
+//! Products go through [`Nf4Weight::matmul_t`]: on CUDA (and under autodiff on CUDA) the
+//! `medqlora-kernels` kernels via [`ops::Nf4Backend`]; elsewhere this reference.
+
+pub mod ops;
 
 use crate::quant::dynamic_map::DYNAMIC_MAP_SIGNED;
 use crate::quant::nf4::{Absmax, Nf4Tensor, NESTED_BLOCKSIZE, NF4_CODE};
 use burn::module::Module;
-use burn::tensor::{backend::Backend, DType, ElementConversion, Int, IntDType, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, ElementConversion, Int, IntDType, Tensor, TensorData, TensorPrimitive};
+use ops::{Nf4Backend, Nf4Prims, ScalesPrim};
+#[cfg(feature = "cuda")]
+use std::any::Any;
 
 /// Block scales on the device.
 #[derive(Module, Debug)]
@@ -37,6 +45,9 @@ pub struct Nf4Weight<B: Backend> {
     pub packed: Tensor<B, 1, Int>,
     /// Per-block scales.
     pub scales: Nf4Scales<B>,
+    /// `[272]` f32: the NF4 code then the signed dynamic map, read by the CUDA kernels
+    /// (a constant, uploaded once per weight).
+    pub lut: Tensor<B, 1>,
     /// `[out, in]`.
     pub shape: [usize; 2],
     /// Elements per block.
@@ -73,7 +84,8 @@ impl<B: Backend> Nf4Weight<B> {
             }),
         };
         let dtype = Tensor::<B, 1>::empty([1], device).dtype();
-        Self { packed: u8_tensor(&t.packed, device), scales, shape: [t.shape[0], t.shape[1]], blocksize: t.blocksize, dtype }
+        let lut = f32_tensor(&medqlora_kernels::nf4::lut(&DYNAMIC_MAP_SIGNED), device);
+        Self { packed: u8_tensor(&t.packed, device), scales, lut, shape: [t.shape[0], t.shape[1]], blocksize: t.blocksize, dtype }
     }
 
     /// Bytes resident on the device (codes + scales).
@@ -102,6 +114,45 @@ impl<B: Backend> Nf4Weight<B> {
     /// The dense weight `[out, in]` in the device's float dtype (transient: callers use it for
     /// one product and drop it).
     pub fn dequantize(&self) -> Tensor<B, 2> {
+        self.dequantize_reference()
+    }
+
+    /// The tensors as backend primitives (handle clones).
+    pub fn prims(&self) -> Nf4Prims<B> {
+        let scales = match &self.scales {
+            Nf4Scales::F32(a) => ScalesPrim::F32(a.clone().into_primitive().tensor()),
+            Nf4Scales::Double(d) => ScalesPrim::Double {
+                codes: d.codes.clone().into_primitive(),
+                nested: d.nested_absmax.clone().into_primitive().tensor(),
+                offset: d.offset,
+            },
+        };
+        let [n, k] = self.shape;
+        Nf4Prims { packed: self.packed.clone().into_primitive(), scales, lut: self.lut.clone().into_primitive().tensor(), n, k, blocksize: self.blocksize }
+    }
+
+    /// `x [M, K] @ W^T -> [M, N]`. On the backends with NF4 kernels (CUDA, plain or under
+    /// autodiff) this never materializes the dense weight in global memory for bf16 (the
+    /// fused GEMM / GEMV), and its backward saves only the packed weight; elsewhere it is
+    /// the Burn-ops reference (dequantize, then matmul).
+    pub fn matmul_t(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        match kernel_matmul_t(self, x) {
+            Ok(y) => y,
+            Err(x) => crate::model::linear::matmul_weight_t(x, self.dequantize_reference()),
+        }
+    }
+
+    /// `x W^T` through [`Nf4Backend`] on any backend that implements it (tests call this to
+    /// exercise the CPU implementation and its autodiff wrapper).
+    pub fn matmul_t_ext(&self, x: Tensor<B, 2>) -> Tensor<B, 2>
+    where
+        B: Nf4Backend,
+    {
+        Tensor::from_primitive(TensorPrimitive::Float(B::nf4_matmul_t(x.into_primitive().tensor(), self.prims())))
+    }
+
+    /// The Burn-ops dequantization (the reference every kernel is checked against).
+    pub(crate) fn dequantize_reference(&self) -> Tensor<B, 2> {
         let [out, inp] = self.shape;
         let n = out * inp;
         let device = self.packed.device();
@@ -113,4 +164,46 @@ impl<B: Backend> Nf4Weight<B> {
         let w = values * repeat_each(self.absmax(), self.blocksize, n);
         w.reshape([out, inp]).cast(self.dtype)
     }
+}
+
+/// Runs `x W^T` through [`Nf4Backend`] when `B` is a backend with NF4 kernels; gives `x`
+/// back otherwise. The model is generic over `B: Backend`, so the backend is recognized by
+/// type at run time (a `TypeId` comparison per call) rather than by a trait bound that every
+/// generic function of the model would have to carry.
+fn kernel_matmul_t<B: Backend>(w: &Nf4Weight<B>, x: Tensor<B, 2>) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+    #[cfg(feature = "cuda")]
+    {
+        use burn::backend::autodiff::checkpoint::strategy::{BalancedCheckpointing, NoCheckpointing};
+        use burn::backend::{Autodiff, Cuda};
+        use half::{bf16, f16};
+        macro_rules! try_backends {
+            ($x:expr; $($c:ty),*) => {{
+                let mut x = $x;
+                $(x = match via::<B, $c>(w, x) { Ok(y) => return Ok(y), Err(x) => x };)*
+                x
+            }};
+        }
+        let x = try_backends!(x;
+            Cuda<bf16>, Cuda<f32>, Cuda<f16>,
+            Autodiff<Cuda<bf16>, NoCheckpointing>, Autodiff<Cuda<f32>, NoCheckpointing>,
+            Autodiff<Cuda<bf16>, BalancedCheckpointing>, Autodiff<Cuda<f32>, BalancedCheckpointing>);
+        Err(x)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = w;
+        Err(x)
+    }
+}
+
+/// `x W^T` on backend `C` if `B` is `C`.
+#[cfg(feature = "cuda")]
+fn via<B: Backend, C: Nf4Backend>(w: &Nf4Weight<B>, x: Tensor<B, 2>) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+    let Some(wc) = (w as &dyn Any).downcast_ref::<Nf4Weight<C>>() else { return Err(x) };
+    let xc = match (Box::new(x) as Box<dyn Any>).downcast::<Tensor<C, 2>>() {
+        Ok(xc) => *xc,
+        Err(x) => return Err(*x.downcast::<Tensor<B, 2>>().expect("same type")),
+    };
+    let y = wc.matmul_t_ext(xc);
+    Ok(*(Box::new(y) as Box<dyn Any>).downcast::<Tensor<B, 2>>().expect("C is B"))
 }

@@ -18,13 +18,21 @@ for t in $bin/test-*; do
   grep -E "relative|SKIPPED|test result|panicked|FAILED|seed" "$OUT/$name.log" | grep -v "^seed" | tail -40
   summary+=("$name: $(grep -E '^test result' "$OUT/$name.log" | tail -1) (rc $rc)")
 done
-if [ -x $bin/bench_kernels ]; then
-  XDG_CACHE_HOME=/tmp/cache-bench timeout 300 $bin/bench_kernels "$@" 2>&1 | tee "$OUT/bench_kernels.md"
-elif [ -x $bin/medqlora ]; then
+if [ -x $bin/medqlora ]; then
   XDG_CACHE_HOME=/tmp/cache-bench timeout 300 $bin/medqlora bench kernels "$@" 2>&1 | tee "$OUT/bench_kernels.md"
+elif [ -x $bin/bench_kernels ]; then
+  XDG_CACHE_HOME=/tmp/cache-bench timeout 300 $bin/bench_kernels "$@" 2>&1 | tee "$OUT/bench_kernels.md"
 fi
 if ls .whl/bitsandbytes-*.whl > /dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
-PYTHONUNBUFFERED=1 timeout 240 python3 tools/bench_torch_kernels.py "$@" 2>&1 | grep -v kernels-community | tee "$OUT/bench_torch.md"
+[ "${SKIP_TORCH:-0}" = 1 ] || PYTHONUNBUFFERED=1 timeout 240 python3 tools/bench_torch_kernels.py "$@" 2>&1 | grep -v kernels-community | tee "$OUT/bench_torch.md"
+# End to end: NF4 decode/prefill of the 0.5B shape now goes through the GEMV / fused GEMM.
+if [ -x $bin/medqlora ] && [ "${SKIP_GENERATE:-0}" != 1 ]; then
+  python3 tools/make_random_model.py tools/configs/qwen2.5-0.5b.json /tmp/q05 > "$OUT/random.log" 2>&1 || tail -3 "$OUT/random.log"
+  for q in none nf4; do
+    r=$(XDG_CACHE_HOME=/tmp/cache-gen timeout 200 $bin/medqlora bench generate --model /tmp/q05 --device cuda --dtype bf16 --quantize $q --prompt-tokens 128 --new-tokens 64 --warmup 1 --runs 2 2>>"$OUT/generate.log")
+    echo "$r"; summary+=("$r")
+  done
+fi
 echo; echo "==== summary ($(cat "$OUT/gpu.txt"))"; printf '%s\n' "${summary[@]}"

@@ -13,7 +13,7 @@ for l in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "medqlora_kernels":
         print(m["executable"])' | while read -r exe; do cp "$exe" .carry-kern/test-medqlora_kernels; done
 cp target/release/bench_kernels .carry-kern/bench_kernels
-if [ "${WITH_ROOT:-0}" = 1 ]; then
+if [ "${WITH_ROOT:-1}" = 1 ]; then
   cargo build --release --features cuda
   cargo test --release --features cuda --test nf4_kernels --no-run --message-format=json 2>/dev/null \
     | python3 -c 'import json,sys

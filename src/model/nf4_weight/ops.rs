@@ -1,0 +1,197 @@
+//! `Y = X W^T` for a frozen NF4 weight as a backend extension: [`Nf4Backend`].
+//!
+//! - CUDA (`CubeBackend`, feature `cuda`): the `medqlora-kernels` kernels — GEMV for decode
+//!   (`M <= 8`), the fused tensor-core GEMM in bf16/f16, dequantize-then-matmul in f32; the
+//!   backward product `dX = dY W` fused likewise. No dense weight outlives the call.
+//! - `Autodiff<B>`: forward on `B`, and a backward step that returns the input gradient only.
+//!   Its saved state is the packed weight (shared handles), not a dequantized copy, so
+//!   training keeps no dense weight alive between forward and backward.
+//! - CPU (`NdArray`): the Burn-ops reference (dequantize, then matmul), so the autodiff
+//!   wrapper is testable without a GPU.
+//!
+//! The model stays generic over `B: Backend`: [`super::Nf4Weight::matmul_t`] finds out at run
+//! time (by type) whether `B` is one of the backends above and otherwise uses the reference.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::{Int, Tensor, TensorPrimitive};
+
+/// Block scales as backend primitives.
+#[derive(Debug, Clone)]
+pub enum ScalesPrim<B: Backend> {
+    /// `[blocks]` f32.
+    F32(FloatTensor<B>),
+    /// `[blocks]` u8 codes, `[ceil(blocks / 256)]` f32 nested scales, offset.
+    Double {
+        /// u8 codes.
+        codes: IntTensor<B>,
+        /// f32 nested scales.
+        nested: FloatTensor<B>,
+        /// Added after decoding.
+        offset: f32,
+    },
+}
+
+/// An NF4 weight `[n, k]` as backend primitives (cheap handle clones of the module's tensors).
+#[derive(Debug, Clone)]
+pub struct Nf4Prims<B: Backend> {
+    /// `[(n * k + 1) / 2]` u8.
+    pub packed: IntTensor<B>,
+    /// Block scales.
+    pub scales: ScalesPrim<B>,
+    /// `[272]` f32: NF4 code, then the dynamic map.
+    pub lut: FloatTensor<B>,
+    /// Out features.
+    pub n: usize,
+    /// In features.
+    pub k: usize,
+    /// Elements per block.
+    pub blocksize: usize,
+}
+
+/// Backends with an NF4 linear product.
+pub trait Nf4Backend: Backend {
+    /// `x [M, K] -> [M, N]`: `x W^T`.
+    fn nf4_matmul_t(x: FloatTensor<Self>, w: Nf4Prims<Self>) -> FloatTensor<Self>;
+    /// `dy [M, N] -> [M, K]`: `dy W` (the input gradient of [`Nf4Backend::nf4_matmul_t`]).
+    fn nf4_matmul_dx(dy: FloatTensor<Self>, w: Nf4Prims<Self>) -> FloatTensor<Self>;
+}
+
+fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// The dense weight `[n, k]` by Burn ops, in the dtype of `like` (the reference path).
+pub fn reference_dense<B: Backend>(w: &Nf4Prims<B>, like: burn::tensor::DType) -> Tensor<B, 2> {
+    let packed: Tensor<B, 1, Int> = Tensor::from_primitive(w.packed.clone());
+    let scales = match &w.scales {
+        ScalesPrim::F32(a) => super::Nf4Scales::F32(float(a.clone())),
+        ScalesPrim::Double { codes, nested, offset } => super::Nf4Scales::Double(super::DoubleScales {
+            codes: Tensor::from_primitive(codes.clone()),
+            nested_absmax: float(nested.clone()),
+            offset: *offset,
+        }),
+    };
+    let weight = super::Nf4Weight { packed, scales, lut: float(w.lut.clone()), shape: [w.n, w.k], blocksize: w.blocksize, dtype: like };
+    weight.dequantize_reference()
+}
+
+fn reference_matmul_t<B: Backend>(x: FloatTensor<B>, w: Nf4Prims<B>) -> FloatTensor<B> {
+    let x: Tensor<B, 2> = float(x);
+    let dense = reference_dense(&w, x.dtype());
+    crate::model::linear::matmul_weight_t(x, dense).into_primitive().tensor()
+}
+
+fn reference_matmul_dx<B: Backend>(dy: FloatTensor<B>, w: Nf4Prims<B>) -> FloatTensor<B> {
+    let dy: Tensor<B, 2> = float(dy);
+    let dense = reference_dense(&w, dy.dtype());
+    dy.matmul(dense).into_primitive().tensor()
+}
+
+impl Nf4Backend for burn::backend::NdArray<f32> {
+    fn nf4_matmul_t(x: FloatTensor<Self>, w: Nf4Prims<Self>) -> FloatTensor<Self> {
+        reference_matmul_t(x, w)
+    }
+    fn nf4_matmul_dx(dy: FloatTensor<Self>, w: Nf4Prims<Self>) -> FloatTensor<Self> {
+        reference_matmul_dx(dy, w)
+    }
+}
+
+impl<B: Nf4Backend, C: CheckpointStrategy> Nf4Prims<Autodiff<B, C>> {
+    fn inner(self) -> Nf4Prims<B> {
+        let scales = match self.scales {
+            ScalesPrim::F32(a) => ScalesPrim::F32(a.primitive),
+            ScalesPrim::Double { codes, nested, offset } => ScalesPrim::Double { codes, nested: nested.primitive, offset },
+        };
+        Nf4Prims { packed: self.packed, scales, lut: self.lut.primitive, n: self.n, k: self.k, blocksize: self.blocksize }
+    }
+}
+
+/// Backward step of `x W^T` for a frozen `W`: the input gradient `dY W`, nothing for `W`.
+#[derive(Debug)]
+struct Nf4MatmulBackward;
+
+impl<B: Nf4Backend> Backward<B, 1> for Nf4MatmulBackward {
+    /// The packed weight (handles shared with the module; no dense copy).
+    type State = Nf4Prims<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let w = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| B::nf4_matmul_dx(grad, w));
+    }
+}
+
+impl<B: Nf4Backend, C: CheckpointStrategy> Nf4Backend for Autodiff<B, C> {
+    fn nf4_matmul_t(x: FloatTensor<Self>, w: Nf4Prims<Self>) -> FloatTensor<Self> {
+        let w = w.inner();
+        match Nf4MatmulBackward.prepare::<C>([x.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(w.clone(), B::nf4_matmul_t(x.primitive, w)),
+            OpsKind::UnTracked(prep) => prep.finish(B::nf4_matmul_t(x.primitive, w)),
+        }
+    }
+
+    fn nf4_matmul_dx(dy: FloatTensor<Self>, w: Nf4Prims<Self>) -> FloatTensor<Self> {
+        // Differentiated again nowhere in this project: computed on the inner backend,
+        // returned untracked.
+        FloatTensor::<Self>::new(B::nf4_matmul_dx(dy.primitive, w.inner()))
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cube {
+    use super::{reference_matmul_dx, reference_matmul_t, Nf4Backend, Nf4Prims, ScalesPrim};
+    use burn::tensor::ops::FloatTensor;
+    use burn::tensor::DType;
+    use medqlora_kernels::burn_cubecl::kernel::into_contiguous;
+    use medqlora_kernels::burn_cubecl::kernel::matmul::{matmul, MatmulStrategy};
+    use medqlora_kernels::burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+    use medqlora_kernels::device::{Nf4Device, ScalesDevice};
+    use medqlora_kernels::{dequant, gemm, gemm_dx, gemv};
+
+    fn device<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(w: &Nf4Prims<CubeBackend<R, F, I, BT>>) -> Nf4Device<R> {
+        let scales = match &w.scales {
+            ScalesPrim::F32(a) => ScalesDevice::F32(into_contiguous(a.clone())),
+            ScalesPrim::Double { codes, nested, offset } => {
+                ScalesDevice::Double { codes: into_contiguous(codes.clone()), nested: into_contiguous(nested.clone()), offset: *offset }
+            }
+        };
+        Nf4Device { packed: into_contiguous(w.packed.clone()), scales, lut: into_contiguous(w.lut.clone()), n: w.n, k: w.k, blocksize: w.blocksize }
+    }
+
+    impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> Nf4Backend for CubeBackend<R, F, I, BT> {
+        fn nf4_matmul_t(x: FloatTensor<Self>, w: Nf4Prims<Self>) -> FloatTensor<Self> {
+            let dev = device(&w);
+            let x = into_contiguous(x);
+            let m = x.meta.shape()[0];
+            let fast = if m <= gemv::MAX_M {
+                gemv::gemv(&x, &dev)
+            } else if matches!(x.dtype, DType::BF16 | DType::F16) {
+                gemm::gemm(&x, &dev)
+            } else {
+                // f32: tensor cores need 16-bit operands here; dequantize, then Burn's matmul.
+                dequant::dequantize(&dev, x.dtype).map(|mut dense| {
+                    dense.meta.swap(0, 1);
+                    matmul(x.clone(), dense, None, MatmulStrategy::default(), x.dtype).expect("matmul")
+                })
+            };
+            // Shapes the kernels cannot address (e.g. K % 32 != 0) take the reference path.
+            fast.unwrap_or_else(|_| reference_matmul_t(x, w))
+        }
+
+        fn nf4_matmul_dx(dy: FloatTensor<Self>, w: Nf4Prims<Self>) -> FloatTensor<Self> {
+            let dev = device(&w);
+            let dy = into_contiguous(dy);
+            let fast = if matches!(dy.dtype, DType::BF16 | DType::F16) {
+                gemm_dx::gemm_dx(&dy, &dev)
+            } else {
+                dequant::dequantize(&dev, dy.dtype).map(|dense| matmul(dy.clone(), dense, None, MatmulStrategy::default(), dy.dtype).expect("matmul"))
+            };
+            fast.unwrap_or_else(|_| reference_matmul_dx(dy, w))
+        }
+    }
+}
