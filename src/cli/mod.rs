@@ -11,7 +11,6 @@ pub mod train;
 
 use crate::backend::{ComputeDtype, DeviceSpec};
 use crate::model::{QuantizeOnLoad, Qwen2ForCausalLM, TextConfig, WeightStore};
-use burn::module::Module;
 use burn::tensor::backend::Backend;
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -7,7 +7,7 @@
 //! also how it is saved in checkpoints: no dependence on Burn's in-memory parameter ids.
 
 use super::recipe::{Schedule, TrainRecipe};
-use burn::tensor::{backend::Backend, DType, ElementConversion, Tensor};
+use burn::tensor::{backend::Backend, DType, Tensor};
 use std::collections::BTreeMap;
 
 /// Gradients (or any per-parameter tensors) by PEFT parameter name, f32.
@@ -28,6 +28,12 @@ pub fn learning_rate(t: &TrainRecipe, step: usize) -> f64 {
     t.lr * (t.min_lr_ratio + (1.0 - t.min_lr_ratio) * shape)
 }
 
+/// The value of a one-element tensor, read in its own dtype. `into_scalar` would convert to the
+/// backend's default float (bf16 on a bf16 backend) and round an f32 loss to 3 digits.
+pub fn scalar_f64<B: Backend, const D: usize>(t: Tensor<B, D>) -> f64 {
+    t.into_data().convert::<f64>().to_vec::<f64>().ok().and_then(|v| v.first().copied()).unwrap_or(f64::NAN)
+}
+
 /// `sqrt(sum g^2)` over all gradients, read back as one number.
 pub fn global_norm<B: Backend>(grads: &NamedTensors<B>) -> f64 {
     let Some(first) = grads.values().next() else { return 0.0 };
@@ -35,7 +41,7 @@ pub fn global_norm<B: Backend>(grads: &NamedTensors<B>) -> f64 {
     let total = grads
         .values()
         .fold(Tensor::<B, 1>::zeros([1], (&device, DType::F32)), |acc, g| acc + g.clone().powi_scalar(2).sum());
-    f64::from(total.into_scalar().elem::<f32>()).sqrt()
+    scalar_f64(total).sqrt()
 }
 
 /// torch's `clip_grad_norm_`: scales every gradient by `max_norm / (norm + 1e-6)` when that

@@ -11,7 +11,7 @@ use super::step::{adapter_names, eval_loss, forward_backward, trainable};
 use crate::backend::{dispatch_autodiff, AutodiffTask, BackendError};
 use crate::eval::{evaluate, EvalOptions};
 use crate::model::{LoadError, QuantizeOnLoad, Qwen2ForCausalLM, TextConfig, WeightStore};
-use burn::module::{AutodiffModule, Module, Param};
+use burn::module::{AutodiffModule, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};

@@ -13,7 +13,7 @@
 //! recompute draws the forward's masks and a resumed run draws the same ones again.
 
 use super::batches::Batch;
-use super::optim::NamedTensors;
+use super::optim::{scalar_f64, NamedTensors};
 use crate::model::rope::PositionIds;
 use crate::model::text::causal_mask;
 use crate::model::Qwen2ForCausalLM;
@@ -21,7 +21,7 @@ use crate::model::linear::Linear;
 use burn::module::AutodiffModule;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{DType, ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 
 /// Loss of one micro-batch: the sum of token NLLs (f64 on the host) and the scored tokens.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -133,7 +133,7 @@ pub fn forward_backward<B: AutodiffBackend>(
             x = layer.forward(x, &inputs, None);
         }
         let nll = head_nll(model, x, data.rows, data.targets);
-        let nll_sum = f64::from(nll.clone().into_scalar().elem::<f32>());
+        let nll_sum = scalar_f64(nll.clone());
         let mut g = nll.mul_scalar(scale).backward();
         collect_grads(model.linears(), &mut g, grads);
         return MicroLoss { nll_sum, tokens };
@@ -156,7 +156,7 @@ pub fn forward_backward<B: AutodiffBackend>(
     // Head: loss and the gradient w.r.t. the last hidden state.
     let h = Tensor::<B, 3>::from_inner(x).require_grad();
     let nll = head_nll(model, h.clone(), data.rows, data.targets);
-    let nll_sum = f64::from(nll.clone().into_scalar().elem::<f32>());
+    let nll_sum = scalar_f64(nll.clone());
     let mut g = nll.mul_scalar(scale).backward();
     let mut upstream = h.grad_remove(&mut g).expect("the head depends on the hidden state");
     if let Some(head) = &model.lm_head {
@@ -188,7 +188,6 @@ pub fn eval_loss<B: Backend>(model: &Qwen2ForCausalLM<B>, batch: &Batch) -> Micr
     }
     let device = model.model.embed_tokens.val().device();
     let data = upload::<B>(batch, &device);
-    let (_, _) = (&data.rows, &data.targets);
     let mut x = model.embed(data.ids);
     let positions = PositionIds::text(batch.batch, batch.seq, 0);
     let (cos, sin) = model.model.rotary.cos_sin::<B>(&positions, &device);
@@ -198,5 +197,5 @@ pub fn eval_loss<B: Backend>(model: &Qwen2ForCausalLM<B>, batch: &Batch) -> Micr
         x = layer.forward(x, &inputs, None);
     }
     let nll = head_nll(model, x, data.rows, data.targets);
-    MicroLoss { nll_sum: f64::from(nll.into_scalar().elem::<f32>()), tokens }
+    MicroLoss { nll_sum: scalar_f64(nll), tokens }
 }
