@@ -196,6 +196,19 @@ fn recipe_errors_name_the_key() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(expect) && err.contains("edited.toml"), "expected an error naming {expect}:\n{err}");
     }
+    // Bad data stops the run before training starts, naming file:line; nothing is written.
+    let data = dir.join("bad.jsonl");
+    std::fs::write(&data, "{\"id\": \"a\", \"doc_type\": \"lab_panel\", \"text\": \"Na 140\", \"target\": {\"sodium\": 140}}\n{not json\n").unwrap();
+    let jsonl = good.replace(
+        "source = { kind = \"synth\", kinds = [\"lab_panel\"], train_per_kind = 12, eval_per_kind = 2, seed = 5 }",
+        &format!("source = {{ kind = \"jsonl\", train = \"{}\" }}", data.display()),
+    );
+    std::fs::write(dir.join("edited.toml"), jsonl).unwrap();
+    let run = dir.join("bad-data-run");
+    let out = bin().arg("train").arg(dir.join("edited.toml")).arg("--output-dir").arg(&run).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("bad.jsonl:2"), "{err}");
+    assert!(!run.join("checkpoints").exists(), "no checkpoint for a run stopped by bad data");
     let out = bin().args(["train", "/nonexistent/recipe.toml"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/recipe.toml"));
 }
