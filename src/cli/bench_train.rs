@@ -7,10 +7,9 @@ use crate::backend::{dispatch_autodiff, AutodiffTask};
 use crate::lora::LoraSpec;
 use crate::train::batches::Batch;
 use crate::train::optim::{clip_global_norm, AdamW, AdamWConfig, NamedTensors};
-use crate::train::step::{adapter_names, forward_backward, trainable};
-use burn::module::Param;
+use crate::train::run::load_into_model;
+use crate::train::step::{forward_backward, trainable};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::Tensor;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -87,14 +86,7 @@ impl AutodiffTask for Task {
             let l = forward_backward(&model, &batch, 1.0 / batch.scored_tokens() as f64, !a.no_checkpointing, step as u64, &mut grads);
             clip_global_norm(&mut grads, 1.0);
             opt.step(grads, 2e-4);
-            for (name, linear) in model.linears_mut() {
-                let Some(lora) = linear.lora.as_mut() else { continue };
-                let [ka, kb] = adapter_names(&name);
-                for (key, p) in [(ka, &mut lora.lora_a), (kb, &mut lora.lora_b)] {
-                    let dtype = p.val().dtype();
-                    *p = Param::initialized(p.id, Tensor::from_inner(opt.master[&key].clone().cast(dtype)).require_grad());
-                }
-            }
+            load_into_model(&mut model, &opt.master);
             // The step ends when the updated weights exist on the device.
             let _ = opt.master.values().next().map(|t| t.clone().slice([0..1, 0..1]).into_data());
             let secs = start.elapsed().as_secs_f64();

@@ -178,7 +178,7 @@ fn host_map<B: Backend>(m: &NamedTensors<B>) -> BTreeMap<String, HostTensor> {
 }
 
 /// Writes the f32 masters into the model's adapters, in the adapters' dtype.
-fn load_into_model<B: AutodiffBackend>(model: &mut Qwen2ForCausalLM<B>, master: &NamedTensors<B::InnerBackend>) {
+pub fn load_into_model<B: AutodiffBackend>(model: &mut Qwen2ForCausalLM<B>, master: &NamedTensors<B::InnerBackend>) {
     for (name, linear) in model.linears_mut() {
         let Some(lora) = linear.lora.as_mut() else { continue };
         let [a, b] = adapter_names(&name);
