@@ -220,29 +220,6 @@ pub fn load_peft_adapter<B: Backend>(model: &mut Qwen2ForCausalLM<B>, dir: &Path
     Ok(PeftAdapterInfo { base_model, r, alpha, use_rslora, target_modules, modules: loaded, skipped_vision })
 }
 
-/// Every linear of the model by HF module name.
-fn named_linears<B: Backend>(model: &Qwen2ForCausalLM<B>) -> Vec<(String, &Linear<B>)> {
-    let mut out = Vec::new();
-    for (i, l) in model.model.layers.iter().enumerate() {
-        let (a, m) = (&l.self_attn, &l.mlp);
-        for (n, lin) in [
-            ("self_attn.q_proj", &a.q_proj),
-            ("self_attn.k_proj", &a.k_proj),
-            ("self_attn.v_proj", &a.v_proj),
-            ("self_attn.o_proj", &a.o_proj),
-            ("mlp.gate_proj", &m.gate_proj),
-            ("mlp.up_proj", &m.up_proj),
-            ("mlp.down_proj", &m.down_proj),
-        ] {
-            out.push((format!("model.layers.{i}.{n}"), lin));
-        }
-    }
-    if let Some(h) = &model.lm_head {
-        out.push(("lm_head".into(), h));
-    }
-    out
-}
-
 fn f32_bytes<B: Backend>(t: Tensor<B, 2>) -> Vec<u8> {
     let data = t.into_data().convert::<f32>();
     data.as_slice::<f32>().expect("converted to f32").iter().flat_map(|v| v.to_le_bytes()).collect()
@@ -253,7 +230,7 @@ fn f32_bytes<B: Backend>(t: Tensor<B, 2>) -> Vec<u8> {
 /// then renamed over `dir`. Returns the number of adapted modules.
 pub fn save_peft_adapter<B: Backend>(model: &Qwen2ForCausalLM<B>, spec: &LoraSpec, targets: &[String], base_model_name: &str, dir: &Path) -> Result<usize, PeftError> {
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (name, lin) in named_linears(model) {
+    for (name, lin) in model.linears() {
         if let Some(l) = &lin.lora {
             let (a, b) = (l.lora_a.val(), l.lora_b.val());
             tensors.push((format!("base_model.model.{name}.lora_A.weight"), a.dims().to_vec(), f32_bytes(a)));

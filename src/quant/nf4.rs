@@ -9,28 +9,9 @@
 
 use super::dynamic_map::DYNAMIC_MAP_SIGNED;
 
-/// The 16 NF4 values (`nf4_dequantization_lut`), index = 4-bit code.
-pub const NF4_CODE: [f32; 16] = [
-    -1.0,
-    -0.6961928009986877,
-    -0.5250730514526367,
-    -0.39491748809814453,
-    -0.28444138169288635,
-    -0.18477343022823334,
-    -0.09105003625154495,
-    0.0,
-    0.07958029955625534,
-    0.16093020141124725,
-    0.24611230194568634,
-    0.33791524171829224,
-    0.44070982933044434,
-    0.5626170039176941,
-    0.7229568362236023,
-    1.0,
-];
-
-/// Block size of the second-level (double) quantization of the scales.
-pub const NESTED_BLOCKSIZE: usize = 256;
+/// The 16 NF4 values (`nf4_dequantization_lut`, index = 4-bit code) and the blocks per nested
+/// scale of the double quantization: one definition, shared with the kernels.
+pub use medqlora_kernels::nf4::{NESTED_BLOCKSIZE, NF4_CODE};
 
 /// Block sizes bitsandbytes accepts.
 pub const VALID_BLOCKSIZES: [usize; 8] = [32, 64, 128, 256, 512, 1024, 2048, 4096];
