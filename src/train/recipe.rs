@@ -267,6 +267,13 @@ pub struct HardwareRecipe {
     /// Compute dtype of the frozen base and activations; adapters stay f32 master weights.
     #[serde(default = "d_dtype")]
     pub dtype: ComputeDtype,
+    /// Data parallelism: one rank per listed device (CUDA ordinals; rank 0 is the first and
+    /// must be `device`'s own). Each rank holds its own copy of the frozen base and runs
+    /// `grad_accum / len` of every step's micro-batches; see `train::parallel`. With
+    /// `device = "cpu"` the entries only label simulated ranks (threads sharing the CPU), which
+    /// is what the CPU equivalence test runs: correct, but no faster. Absent: `device` alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<usize>>,
 }
 
 fn d_device() -> DeviceSpec {
@@ -278,7 +285,14 @@ fn d_dtype() -> ComputeDtype {
 
 impl Default for HardwareRecipe {
     fn default() -> Self {
-        Self { device: d_device(), dtype: d_dtype() }
+        Self { device: d_device(), dtype: d_dtype(), devices: None }
+    }
+}
+
+impl HardwareRecipe {
+    /// Ranks of the run: the length of `devices`, or 1 without it.
+    pub fn ranks(&self) -> usize {
+        self.devices.as_ref().map_or(1, Vec::len)
     }
 }
 
@@ -300,6 +314,35 @@ impl Recipe {
     /// The recipe as TOML (saved in checkpoints).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# recipe could not be serialized: {e}\n"))
+    }
+
+    /// `[hardware] devices`: non-empty, distinct, rank 0 on `device`, and a step that splits
+    /// evenly (every rank must run the same number of micro-batches, so the ranks meet at
+    /// the gradient sum together).
+    fn validate_devices(&self, devices: &[usize], path: &Path) -> Result<(), RecipeError> {
+        let bad = |problem: String| Err(RecipeError::Invalid { path: path.to_owned(), key: "hardware.devices", problem });
+        let Some(&first) = devices.first() else {
+            return bad("must list at least one device, e.g. devices = [0, 1]; leave the key out to train on `device` alone".into());
+        };
+        if let Some((_, d)) = devices.iter().enumerate().find(|(i, d)| devices[..*i].contains(d)) {
+            return bad(format!("lists device {d} twice; every rank needs a device of its own"));
+        }
+        if let DeviceSpec::Cuda(index) = self.hardware.device {
+            if index != first {
+                return bad(format!(
+                    "rank 0 runs on hardware.device ({}) and must come first: write devices = [{index}, ...] or device = \"cuda:{first}\"",
+                    self.hardware.device
+                ));
+            }
+        }
+        let (n, g) = (devices.len(), self.train.grad_accum);
+        if g % n != 0 {
+            return bad(format!(
+                "{n} devices need train.grad_accum divisible by {n} (each device runs grad_accum / {n} micro-batches of every step); grad_accum is {g}: use {} or fewer devices",
+                g.div_ceil(n) * n
+            ));
+        }
+        Ok(())
     }
 
     /// Checks every value a run depends on; errors name the key.
@@ -362,6 +405,9 @@ impl Recipe {
         }
         if self.hardware.device == DeviceSpec::Cpu && self.hardware.dtype == ComputeDtype::Bf16 {
             return bad("hardware.dtype", "bf16 runs on CUDA only; use dtype = \"f32\" on the CPU".into());
+        }
+        if let Some(devices) = &self.hardware.devices {
+            self.validate_devices(devices, path)?;
         }
         Ok(())
     }

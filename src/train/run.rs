@@ -6,8 +6,9 @@ use super::checkpoint::{self, AdapterConfig, Checkpoint, CheckpointError, HostTe
 use super::data::{prepare, Prepared};
 use super::metrics::{Metrics, MetricsError, StepMetrics};
 use super::optim::{clip_global_norm, learning_rate, AdamW, AdamWConfig, NamedTensors};
+use super::parallel::{self, accumulate, total_nll, Group, MicroSettings, ParallelError, ParallelTask, RankData, Reducers, StepBatches};
 use super::recipe::{BaseQuant, ModelRecipe, Recipe};
-use super::step::{adapter_names, eval_loss, forward_backward, trainable};
+use super::step::{adapter_names, eval_loss, trainable};
 use crate::backend::{dispatch_autodiff, AutodiffTask, BackendError};
 use crate::eval::{evaluate, EvalOptions};
 use crate::model::{LoadError, QuantizeOnLoad, Qwen2ForCausalLM, TextConfig, WeightStore};
@@ -40,6 +41,10 @@ pub enum TrainError {
     NonFinite { step: usize, loss: f64, examples: Vec<usize> },
     #[error("checkpoint {path} does not fit this recipe: {problem}")]
     Mismatch { path: PathBuf, problem: String },
+    #[error(transparent)]
+    Parallel(#[from] ParallelError),
+    #[error("rank {rank} of hardware.devices: {source}")]
+    Rank { rank: usize, source: Box<TrainError> },
 }
 
 /// Where `--resume` starts from.
@@ -109,7 +114,10 @@ pub fn train(recipe: &Recipe, resume: Option<ResumeFrom>) -> Result<TrainSummary
         check_compatible(recipe, ck, dir)?;
     }
     let prepared = prepare(recipe)?;
-    let task = Task { recipe, prepared, resumed, resume_dir };
+    let task = Task { recipe, prepared: &prepared, resumed, resume_dir };
+    if recipe.hardware.ranks() > 1 {
+        return parallel::dispatch(&recipe.hardware, task)?;
+    }
     dispatch_autodiff(recipe.hardware.device, recipe.hardware.dtype, task)?
 }
 
@@ -137,7 +145,7 @@ fn check_compatible(recipe: &Recipe, ck: &Checkpoint, dir: &Path) -> Result<(), 
 
 struct Task<'a> {
     recipe: &'a Recipe,
-    prepared: Prepared,
+    prepared: &'a Prepared,
     resumed: Option<Checkpoint>,
     resume_dir: Option<PathBuf>,
 }
@@ -145,7 +153,27 @@ struct Task<'a> {
 impl AutodiffTask for Task<'_> {
     type Output = Result<TrainSummary, TrainError>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
-        run_on::<B>(self, &device)
+        run_on::<B>(self, &device, None)
+    }
+}
+
+impl ParallelTask for Task<'_> {
+    type Output = Result<TrainSummary, TrainError>;
+    /// Ranks 1.. run on scoped threads that borrow the run's data; this thread is rank 0.
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>, reducers: Reducers<B::InnerBackend>) -> Self::Output {
+        let (recipe, prepared) = (self.recipe, self.prepared);
+        let Some(device) = devices.first().cloned() else {
+            return Err(ParallelError::GroupSize { devices: 0, reducers: reducers.len() }.into());
+        };
+        if recipe.hardware.device == crate::backend::DeviceSpec::Cpu {
+            eprintln!("note: {} simulated ranks share the CPU (hardware.devices): same results as one device, not faster", devices.len());
+        }
+        let data = RankData::new(recipe, &prepared.train, prepared.pad_id, devices.len());
+        let build = |device: &B::Device| build_model::<B>(recipe, prepared, device).map(|(model, _, _)| model);
+        std::thread::scope(|scope| {
+            let group = Group::<B>::spawn(scope, &build, data, devices, reducers)?;
+            run_on::<B>(self, &device, Some(group))
+        })
     }
 }
 
@@ -162,6 +190,25 @@ fn load_base<B: Backend>(recipe: &Recipe, dir: &Path, device: &B::Device) -> Res
         }
     };
     Ok(Qwen2ForCausalLM::load_with(&config, &store, device, q.as_ref())?)
+}
+
+/// The frozen base on `device` with fresh adapters, in training mode, and its total and
+/// trainable parameter counts. Every rank builds its own.
+pub fn build_model<B: AutodiffBackend>(
+    recipe: &Recipe,
+    prepared: &Prepared,
+    device: &B::Device,
+) -> Result<(Qwen2ForCausalLM<B>, usize, usize), TrainError> {
+    let mut model = load_base::<B>(recipe, &prepared.model_dir, device)?;
+    let total_params = model.parameter_count();
+    let trainable_params = {
+        // Seed and draw the adapter init together; other ranks draw from the same RNG.
+        let _rng = parallel::rng_section();
+        B::seed(device, recipe.seed);
+        model.add_lora(&recipe.lora.spec(), &recipe.lora.target_modules, device)
+    };
+    set_training(&mut model, true);
+    Ok((model, total_params, trainable_params))
 }
 
 fn to_host<B: Backend>(t: &Tensor<B, 2>) -> HostTensor {
@@ -202,10 +249,6 @@ fn set_training<B: Backend>(model: &mut Qwen2ForCausalLM<B>, training: bool) {
 
 fn fmt_acc(acc: Option<(f64, f64)>) -> String {
     acc.map_or(String::new(), |(a, v)| format!(", field accuracy {:.1}%, JSON valid {:.1}%", 100.0 * a, 100.0 * v))
-}
-
-fn step_seed(seed: u64, step: usize, micro: usize) -> u64 {
-    seed ^ ((step as u64) << 20 | micro as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)
 }
 
 fn mean_eval_loss<B: AutodiffBackend>(model: &Qwen2ForCausalLM<B>, prepared: &Prepared, recipe: &Recipe) -> Option<f64> {
@@ -252,15 +295,13 @@ fn field_accuracy<B: AutodiffBackend>(model: &Qwen2ForCausalLM<B>, prepared: &Pr
     }
 }
 
-fn run_on<B: AutodiffBackend>(task: Task<'_>, device: &B::Device) -> Result<TrainSummary, TrainError> {
+/// The loop, on rank 0 (the only rank with one device; with `group`, the ranks of
+/// `hardware.devices` share each step's micro-batches).
+fn run_on<B: AutodiffBackend>(task: Task<'_>, device: &B::Device, mut group: Option<Group<'_, B>>) -> Result<TrainSummary, TrainError> {
     let Task { recipe, prepared, resumed, resume_dir } = task;
     let t = &recipe.train;
-    let mut model = load_base::<B>(recipe, &prepared.model_dir, device)?;
-    let total_params = model.parameter_count();
-    B::seed(device, recipe.seed);
+    let (mut model, total_params, trainable_params) = build_model::<B>(recipe, prepared, device)?;
     let spec = recipe.lora.spec();
-    let trainable_params = model.add_lora(&spec, &recipe.lora.target_modules, device);
-    set_training(&mut model, true);
     eprintln!(
         "trainable params: {trainable_params} || all params: {} || trainable%: {:.4}",
         total_params + trainable_params,
@@ -271,6 +312,11 @@ fn run_on<B: AutodiffBackend>(task: Task<'_>, device: &B::Device) -> Result<Trai
             path: prepared.model_dir.clone(),
             problem: format!("lora.target_modules {:?} match no linear layer of this model", recipe.lora.target_modules),
         });
+    }
+
+    if let Some(g) = group.as_mut() {
+        g.ready()?;
+        eprintln!("data parallel: {} ranks, {} micro-batches each per step", g.ranks(), t.grad_accum / g.ranks());
     }
 
     let inner_params: NamedTensors<B::InnerBackend> = trainable(&model).into_iter().map(|(k, v)| (k, v.inner())).collect();
@@ -333,9 +379,9 @@ fn run_on<B: AutodiffBackend>(task: Task<'_>, device: &B::Device) -> Result<Trai
     };
 
     let initial_eval_loss = if state.step == 0 {
-        let l = mean_eval_loss(&model, &prepared, recipe);
+        let l = mean_eval_loss(&model, prepared, recipe);
         if let Some(l) = l {
-            let acc = field_accuracy(&model, &prepared, recipe);
+            let acc = field_accuracy(&model, prepared, recipe);
             metrics.eval(0, l, acc);
             eprintln!("step 0: eval loss {l:.4}{}", fmt_acc(acc));
         }
@@ -345,6 +391,7 @@ fn run_on<B: AutodiffBackend>(task: Task<'_>, device: &B::Device) -> Result<Trai
     };
 
     let mut batcher = Batcher::new(&prepared.train, t.micro_batch_size, recipe.seed, prepared.pad_id);
+    let single = MicroSettings { seed: recipe.seed, checkpointing: t.gradient_checkpointing, take_turns: false };
     let bar = if std::io::stderr().is_terminal() { ProgressBar::new(t.max_steps as u64) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} [{elapsed} < {eta}]")
@@ -357,25 +404,17 @@ fn run_on<B: AutodiffBackend>(task: Task<'_>, device: &B::Device) -> Result<Trai
     let mut interrupted = false;
     while state.step < t.max_steps {
         let step_start = Instant::now();
-        let mut batches = Vec::with_capacity(t.grad_accum);
-        for _ in 0..t.grad_accum {
-            let (b, next) = batcher.next(state.cursor);
-            state.cursor = next;
-            batches.push(b);
-        }
-        let scored: usize = batches.iter().map(|b| b.scored_tokens()).sum();
-        let seen: usize = batches.iter().map(|b| b.input_ids.len()).sum();
-        let mut grads = NamedTensors::new();
-        let mut nll = 0.0;
-        for (micro, b) in batches.iter().enumerate() {
-            let l = forward_backward(&model, b, 1.0 / scored.max(1) as f64, t.gradient_checkpointing, step_seed(recipe.seed, state.step, micro), &mut grads);
-            nll += l.nll_sum;
-        }
-        let loss = nll / scored.max(1) as f64;
+        let plan = StepBatches::take(&mut batcher, state.cursor, t.grad_accum);
+        state.cursor = plan.next;
+        let (scored, seen) = (plan.scored_tokens(), plan.tokens());
+        let (mut grads, nll) = match group.as_mut() {
+            None => accumulate(&model, &plan, 0..plan.len(), state.step, single),
+            Some(g) => g.step(&model, &opt.master, &plan, state.step)?,
+        };
+        let loss = total_nll(&nll) / scored.max(1) as f64;
         if !loss.is_finite() {
             bar.abandon();
-            let examples = batches.iter().flat_map(|b| b.example_ids.clone()).collect();
-            return Err(TrainError::NonFinite { step: state.step + 1, loss, examples });
+            return Err(TrainError::NonFinite { step: state.step + 1, loss, examples: plan.example_ids() });
         }
         let lr = learning_rate(t, state.step);
         let grad_norm = clip_global_norm(&mut grads, t.max_grad_norm);
@@ -405,8 +444,8 @@ fn run_on<B: AutodiffBackend>(task: Task<'_>, device: &B::Device) -> Result<Trai
         }
         let done = state.step == t.max_steps;
         if (t.eval_every > 0 && state.step % t.eval_every == 0) || done {
-            if let Some(l) = mean_eval_loss(&model, &prepared, recipe) {
-                let acc = field_accuracy(&model, &prepared, recipe);
+            if let Some(l) = mean_eval_loss(&model, prepared, recipe) {
+                let acc = field_accuracy(&model, prepared, recipe);
                 metrics.eval(state.step, l, acc);
                 let line = format!("step {}: eval loss {l:.4}{}", state.step, fmt_acc(acc));
                 if bar.is_hidden() { eprintln!("{line}") } else { bar.println(line) }

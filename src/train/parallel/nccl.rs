@@ -1,0 +1,56 @@
+//! The CUDA gradient sum: NCCL all-reduce through Burn's collective API
+//! (`DistributedBackend::all_reduce` of burn-backend 0.21, implemented for `CubeBackend` by
+//! burn-cubecl's `distributed` feature; cubecl-cuda runs `ncclAllReduce` on a communication
+//! stream, one communicator per device set, created on first use).
+//!
+//! Only the primitive is used, not Burn's `register_sync_parameters` / autodiff gradient
+//! hooks: those need burn-autodiff's `distributed` feature, which makes `Autodiff<B>` require
+//! `B: DistributedBackend` and so removes autodiff from the CPU backend (burn-ndarray has no
+//! implementation) in the same build. Our gradients are already plain f32 tensors by name
+//! after each rank's backward passes, which is what an all-reduce wants.
+//!
+//! Not yet run on several GPUs (no multi-GPU machine was available): the code compiles
+//! against the API, and the protocol around it is the one the CPU test checks with
+//! [`super::HostReducer`].
+
+use super::reduce::{GradReducer, ReduceError};
+use crate::train::optim::NamedTensors;
+use burn::tensor::backend::distributed::{DistributedBackend, ReduceOperation};
+use burn::tensor::backend::{DeviceId, DeviceOps};
+use burn::tensor::{Tensor, TensorPrimitive};
+use std::marker::PhantomData;
+
+/// One rank's handle on the NCCL group of a set of CUDA devices.
+pub struct NcclReducer<B: DistributedBackend> {
+    rank: usize,
+    /// The group, identical (same order) on every rank: cubecl keys the communicator by it.
+    device_ids: Vec<DeviceId>,
+    backend: PhantomData<B>,
+}
+
+impl<B: DistributedBackend> NcclReducer<B> {
+    /// The reducers of the ranks on `devices`, index = rank.
+    pub fn group(devices: &[B::Device]) -> Vec<Self> {
+        let device_ids: Vec<DeviceId> = devices.iter().map(DeviceOps::id).collect();
+        (0..devices.len()).map(|rank| Self { rank, device_ids: device_ids.clone(), backend: PhantomData }).collect()
+    }
+}
+
+impl<B: DistributedBackend> GradReducer<B> for NcclReducer<B> {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// One in-place `ncclAllReduce(sum)` per tensor, issued in name order (a `BTreeMap`), which
+    /// is the same on every rank as NCCL requires; then one wait on the communication stream.
+    /// NCCL gives every rank the sum; only rank 0's is used.
+    fn reduce_sum(&mut self, grads: NamedTensors<B>) -> Result<Option<NamedTensors<B>>, ReduceError> {
+        let pending: Vec<_> = grads
+            .into_iter()
+            .map(|(name, g)| (name, B::all_reduce(g.into_primitive().tensor(), ReduceOperation::Sum, self.device_ids.clone())))
+            .collect();
+        let summed: NamedTensors<B> =
+            pending.into_iter().map(|(name, c)| (name, Tensor::from_primitive(TensorPrimitive::Float(c.resolve())))).collect();
+        Ok((self.rank == 0).then_some(summed))
+    }
+}
