@@ -8,6 +8,7 @@ pub mod chat;
 pub mod data;
 pub mod eval;
 pub mod generate;
+pub mod gpu_runtime;
 pub mod lora;
 pub mod model;
 pub mod quant;

@@ -9,6 +9,8 @@ use medqlora::cli;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    gpu: cli::GpuRuntimeArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -32,7 +34,12 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let result = match Cli::parse().command {
+    let cli = Cli::parse();
+    if let Err(e) = medqlora::gpu_runtime::configure(&cli.gpu.settings()) {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    let result = match cli.command {
         Command::Train(args) => cli::train::run(args),
         Command::Generate(args) => cli::generate::run(args),
         Command::Inspect(args) => cli::inspect::run(args),

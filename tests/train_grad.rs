@@ -1,7 +1,8 @@
 //! One step's LoRA gradients equal HF PEFT's (fixture from tools/make_fixture_peft_grad.py:
 //! transformers + PEFT, f32, the tiny Qwen2 model, all seven projections, masked labels and
 //! right padding), with and without per-layer gradient checkpointing; and the checkpointed
-//! path equals the plain one with dropout on (same masks in forward and recompute).
+//! path equals the plain one with dropout on (same masks in forward and recompute), also when
+//! its head runs in chunks of a few rows.
 
 mod common;
 
@@ -14,7 +15,7 @@ use medqlora::lora::LoraSpec;
 use medqlora::model::{Qwen2ForCausalLM, TextConfig, WeightStore};
 use medqlora::train::batches::Batch;
 use medqlora::train::optim::NamedTensors;
-use medqlora::train::step::{adapter_names, forward_backward};
+use medqlora::train::step::{adapter_names, forward_backward, forward_backward_chunked};
 
 type AD = Autodiff<CpuBackend>;
 /// burn-ndarray's RNG is one global: tests that draw (adapter init, dropout) take turns.
@@ -108,5 +109,26 @@ fn checkpointed_recompute_draws_the_same_dropout_masks() {
     for (name, g) in &plain {
         let e = rel_err(&ckpt[name].clone().into_data(), &g.clone().into_data());
         assert!(e < 1e-4, "{name}: checkpointed vs plain relative error {e:.2e}");
+    }
+}
+
+#[test]
+fn chunked_head_gives_the_whole_head_gradients() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let (model, r) = model_with_fixture_adapters(0.0);
+    let batch = batch_from_labels(&r["input_ids"], &r["labels"]);
+    let (want_loss, want) = run(&model, &batch, false);
+    let tokens = batch.scored_tokens();
+    // Chunks of 1, 3 (uneven last chunk) and more rows than scored: every boundary case.
+    for chunk in [1, 3, tokens + 5] {
+        let mut grads = NamedTensors::new();
+        let l = forward_backward_chunked(&model, &batch, 1.0 / tokens as f64, true, 99, chunk, &mut grads);
+        let loss = l.nll_sum / l.tokens as f64;
+        assert!((loss - want_loss).abs() / want_loss < 1e-6, "chunk {chunk}: loss {loss} vs {want_loss}");
+        assert_eq!(grads.len(), want.len());
+        for (name, g) in &want {
+            let e = rel_err(&grads[name].clone().into_data(), &g.clone().into_data());
+            assert!(e < 1e-5, "chunk {chunk}: {name} relative error {e:.2e} vs the unchunked head");
+        }
     }
 }

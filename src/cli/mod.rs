@@ -26,6 +26,34 @@ pub struct DeviceArgs {
     pub dtype: ComputeDtype,
 }
 
+/// GPU kernel cache and autotune flags, accepted by every subcommand (CPU runs ignore them).
+#[derive(clap::Args, Debug, Clone)]
+pub struct GpuRuntimeArgs {
+    /// Folder keeping compiled GPU kernels and autotune results between runs (the first run of a
+    /// model shape compiles and tunes for minutes; later runs reuse them)
+    /// [default: $XDG_CACHE_HOME/medqlora/kernels or ~/.cache/medqlora/kernels].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub kernel_cache: Option<PathBuf>,
+    /// Keep no compiled kernels between runs (autotune results then go to cubecl's default place).
+    #[arg(long, global = true, conflicts_with = "kernel_cache")]
+    pub no_kernel_cache: bool,
+    /// How many kernel variants autotune measures on a new matmul shape.
+    #[arg(long, global = true, value_enum, default_value = "balanced")]
+    pub autotune: crate::gpu_runtime::AutotuneLevel,
+}
+
+impl GpuRuntimeArgs {
+    /// The settings these flags ask for.
+    pub fn settings(&self) -> crate::gpu_runtime::GpuRuntimeSettings {
+        let cache_dir = match (&self.kernel_cache, self.no_kernel_cache) {
+            (_, true) => None,
+            (Some(dir), false) => Some(dir.clone()),
+            (None, false) => crate::gpu_runtime::GpuRuntimeSettings::default_cache_dir(),
+        };
+        crate::gpu_runtime::GpuRuntimeSettings { cache_dir, autotune: self.autotune }
+    }
+}
+
 /// NF4 layout flags shared by `quantize` and `inspect`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Nf4Args {

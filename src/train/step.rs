@@ -6,8 +6,10 @@
 //! exactly one hidden state per layer: a forward without autodiff stores each layer's input;
 //! the backward then walks the layers in reverse, recomputes one layer under autodiff, and
 //! pulls the input gradient through it (`d/dx sum(layer(x) * g)` = the vector-Jacobian product).
-//! The head computes the loss only on scored (assistant) rows, so the `[tokens, vocab]` logits
-//! exist only for the answer tokens.
+//! The head computes the loss only on scored (assistant) rows, and with checkpointing it does
+//! so `HEAD_CHUNK_ROWS` rows at a time, each chunk's forward and backward before the next: the
+//! f32 `[rows, vocab]` logits are the largest tensors of a step (vocabulary 151,936), and a
+//! chunk bounds them (Unsloth's and Liger's chunked cross-entropy do the same).
 //!
 //! Dropout masks are drawn from the backend RNG reseeded per layer from `(seed, layer)`, so the
 //! recompute draws the forward's masks and a resumed run draws the same ones again.
@@ -70,27 +72,46 @@ fn collect_grads<'a, B: AutodiffBackend>(
     }
 }
 
-/// Token ids `[batch, seq]` and the scored rows' indices and targets on `device`.
-struct DeviceBatch<B: Backend> {
-    ids: Tensor<B, 2, Int>,
-    rows: Tensor<B, 1, Int>,
-    targets: Tensor<B, 2, Int>,
+/// Scored rows whose logits are computed at once in the checkpointed step and in eval: a
+/// 256-row chunk of f32 logits over Qwen2.5's vocabulary is 156 MB (the whole 2,048-token
+/// sequence would be 1.2 GB, times the log-softmax and its gradient).
+pub const HEAD_CHUNK_ROWS: usize = 256;
+
+/// The scored rows of a batch: flat row indices into `[batch * seq]` and their target ids.
+struct Scored {
+    rows: Vec<i64>,
+    targets: Vec<i64>,
 }
 
-fn upload<B: Backend>(batch: &Batch, device: &B::Device) -> DeviceBatch<B> {
-    let scored: Vec<usize> = (0..batch.weights.len()).filter(|&i| batch.weights[i] > 0.0).collect();
-    let rows: Vec<i64> = scored.iter().map(|&i| i as i64).collect();
-    let targets: Vec<i64> = scored.iter().map(|&i| batch.targets[i]).collect();
-    let n = rows.len();
-    DeviceBatch {
-        ids: Tensor::from_data(TensorData::new(batch.input_ids.clone(), [batch.batch, batch.seq]), device),
-        rows: Tensor::from_data(TensorData::new(rows, [n]), device),
-        targets: Tensor::from_data(TensorData::new(targets, [n, 1]), device),
+impl Scored {
+    fn of(batch: &Batch) -> Self {
+        let scored: Vec<usize> = (0..batch.weights.len()).filter(|&i| batch.weights[i] > 0.0).collect();
+        Self { rows: scored.iter().map(|&i| i as i64).collect(), targets: scored.iter().map(|&i| batch.targets[i]).collect() }
+    }
+
+    /// Row indices `[n]` and targets `[n, 1]` of rows `range` on `device`.
+    fn upload<B: Backend>(&self, range: std::ops::Range<usize>, device: &B::Device) -> (Tensor<B, 1, Int>, Tensor<B, 2, Int>) {
+        let n = range.len();
+        (
+            Tensor::from_data(TensorData::new(self.rows[range.clone()].to_vec(), [n]), device),
+            Tensor::from_data(TensorData::new(self.targets[range].to_vec(), [n, 1]), device),
+        )
+    }
+
+    /// `0..n` cut into ranges of at most `chunk` rows.
+    fn chunks(&self, chunk: usize) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        let chunk = chunk.max(1);
+        (0..self.rows.len()).step_by(chunk).map(move |s| s..(s + chunk).min(self.rows.len()))
     }
 }
 
-/// Sum of NLLs over the scored rows: final norm, vocabulary projection, f32 log-softmax.
-/// `h: [batch, seq, hidden]` is the last layer's output (before the final norm).
+fn upload_ids<B: Backend>(batch: &Batch, device: &B::Device) -> Tensor<B, 2, Int> {
+    Tensor::from_data(TensorData::new(batch.input_ids.clone(), [batch.batch, batch.seq]), device)
+}
+
+/// Sum of NLLs over the given rows: final norm, vocabulary projection, f32 log-softmax.
+/// `h: [batch, seq, hidden]` is the last layer's output (before the final norm); `rows: [n]`
+/// index its flattened `[batch * seq]` rows and `targets: [n, 1]` are their next tokens.
 fn head_nll<B: Backend>(model: &Qwen2ForCausalLM<B>, h: Tensor<B, 3>, rows: Tensor<B, 1, Int>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
     let [b, s, d] = h.dims();
     let n = rows.dims()[0];
@@ -115,6 +136,20 @@ pub fn forward_backward<B: AutodiffBackend>(
     seed: u64,
     grads: &mut NamedTensors<B::InnerBackend>,
 ) -> MicroLoss {
+    forward_backward_chunked(model, batch, scale, checkpointing, seed, HEAD_CHUNK_ROWS, grads)
+}
+
+/// [`forward_backward`] with the head's chunk size given (tests use small chunks to cover the
+/// chunk boundaries on tiny batches). Only the checkpointed path chunks the head.
+pub fn forward_backward_chunked<B: AutodiffBackend>(
+    model: &Qwen2ForCausalLM<B>,
+    batch: &Batch,
+    scale: f64,
+    checkpointing: bool,
+    seed: u64,
+    head_chunk_rows: usize,
+    grads: &mut NamedTensors<B::InnerBackend>,
+) -> MicroLoss {
     let tokens = batch.scored_tokens();
     if tokens == 0 {
         return MicroLoss { nll_sum: 0.0, tokens };
@@ -124,15 +159,17 @@ pub fn forward_backward<B: AutodiffBackend>(
     let (cos, sin) = model.model.rotary.cos_sin::<B>(&positions, &device);
     let mask = causal_mask::<B>(batch.seq, 0, &device);
     let inputs = crate::model::attention::AttentionInputs { cos: &cos, sin: &sin, mask: &mask };
-    let data = upload::<B>(batch, &device);
+    let scored = Scored::of(batch);
+    let ids = upload_ids::<B>(batch, &device);
 
     if !checkpointing {
-        let mut x = model.embed(data.ids);
+        let mut x = model.embed(ids);
         for (i, layer) in model.model.layers.iter().enumerate() {
             B::seed(&device, layer_seed(seed, i));
             x = layer.forward(x, &inputs, None);
         }
-        let nll = head_nll(model, x, data.rows, data.targets);
+        let (rows, targets) = scored.upload::<B>(0..tokens, &device);
+        let nll = head_nll(model, x, rows, targets);
         let nll_sum = scalar_f64(nll.clone());
         let mut g = nll.mul_scalar(scale).backward();
         collect_grads(model.linears(), &mut g, grads);
@@ -145,7 +182,7 @@ pub fn forward_backward<B: AutodiffBackend>(
     let imask = causal_mask::<B::InnerBackend>(batch.seq, 0, &device);
     let iinputs = crate::model::attention::AttentionInputs { cos: &icos, sin: &isin, mask: &imask };
     let mut saved = Vec::with_capacity(inner.model.layers.len());
-    let mut x = inner.embed(data.ids.inner());
+    let mut x = inner.embed(ids.inner());
     for (i, layer) in inner.model.layers.iter().enumerate() {
         saved.push(x.clone());
         B::InnerBackend::seed(&device, layer_seed(seed, i));
@@ -153,16 +190,31 @@ pub fn forward_backward<B: AutodiffBackend>(
     }
     drop(inner);
 
-    // Head: loss and the gradient w.r.t. the last hidden state.
+    // Head, one chunk of scored rows at a time: its loss and its part of the gradient w.r.t.
+    // the last hidden state (rows outside the chunk get zeros, so the sum over chunks is exact).
     let h = Tensor::<B, 3>::from_inner(x).require_grad();
-    let nll = head_nll(model, h.clone(), data.rows, data.targets);
-    let nll_sum = scalar_f64(nll.clone());
-    let mut g = nll.mul_scalar(scale).backward();
-    let mut upstream = h.grad_remove(&mut g).expect("the head depends on the hidden state");
-    if let Some(head) = &model.lm_head {
-        collect_grads([("lm_head".to_owned(), head)], &mut g, grads);
+    let mut nll_total: Option<Tensor<B::InnerBackend, 1>> = None;
+    let mut upstream: Option<Tensor<B::InnerBackend, 3>> = None;
+    for range in scored.chunks(head_chunk_rows) {
+        let (rows, targets) = scored.upload::<B>(range, &device);
+        let nll = head_nll(model, h.clone(), rows, targets);
+        let value = nll.clone().inner();
+        nll_total = Some(match nll_total {
+            Some(t) => t + value,
+            None => value,
+        });
+        let mut g = nll.mul_scalar(scale).backward();
+        let gh = h.grad_remove(&mut g).expect("the head depends on the hidden state");
+        upstream = Some(match upstream {
+            Some(u) => u + gh,
+            None => gh,
+        });
+        if let Some(head) = &model.lm_head {
+            collect_grads([("lm_head".to_owned(), head)], &mut g, grads);
+        }
     }
-    drop(g);
+    let nll_sum = scalar_f64(nll_total.expect("tokens > 0, so at least one chunk"));
+    let mut upstream = upstream.expect("tokens > 0, so at least one chunk");
 
     // Layers in reverse: recompute one layer under autodiff, pull the gradient through it.
     for (i, layer) in model.model.layers.iter().enumerate().rev() {
@@ -187,8 +239,7 @@ pub fn eval_loss<B: Backend>(model: &Qwen2ForCausalLM<B>, batch: &Batch) -> Micr
         return MicroLoss { nll_sum: 0.0, tokens };
     }
     let device = model.model.embed_tokens.val().device();
-    let data = upload::<B>(batch, &device);
-    let mut x = model.embed(data.ids);
+    let mut x = model.embed(upload_ids::<B>(batch, &device));
     let positions = PositionIds::text(batch.batch, batch.seq, 0);
     let (cos, sin) = model.model.rotary.cos_sin::<B>(&positions, &device);
     let mask = causal_mask::<B>(batch.seq, 0, &device);
@@ -196,6 +247,15 @@ pub fn eval_loss<B: Backend>(model: &Qwen2ForCausalLM<B>, batch: &Batch) -> Micr
     for layer in &model.model.layers {
         x = layer.forward(x, &inputs, None);
     }
-    let nll = head_nll(model, x, data.rows, data.targets);
-    MicroLoss { nll_sum: scalar_f64(nll), tokens }
+    let scored = Scored::of(batch);
+    let mut total: Option<Tensor<B, 1>> = None;
+    for range in scored.chunks(HEAD_CHUNK_ROWS) {
+        let (rows, targets) = scored.upload::<B>(range, &device);
+        let nll = head_nll(model, x.clone(), rows, targets);
+        total = Some(match total {
+            Some(t) => t + nll,
+            None => nll,
+        });
+    }
+    MicroLoss { nll_sum: scalar_f64(total.expect("tokens > 0, so at least one chunk")), tokens }
 }

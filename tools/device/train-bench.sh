@@ -2,16 +2,20 @@
 # On the GPU device: QLoRA training throughput and peak GPU memory, medqlora next to
 # transformers + bitsandbytes + PEFT in the same session, on random weights of the
 # Qwen2.5-0.5B and Qwen2.5-7B text shapes (seq 2048, bs 1, r 64, gradient checkpointing).
-# Needs .carry-train/medqlora.xz (release + cuda) and bitsandbytes' wheel in .whl/.
-# Peak memory.used above idle is sampled by nvidia-smi every 100 ms. A short table comes last.
-# Usage: bash tools/device/train-bench.sh [0.5b] [7b]      (default: both)
+# `mq` needs .carry-train/medqlora.xz (release + cuda); `py` needs bitsandbytes' wheel in .whl/
+# (the two do not fit one call's 64 MiB, so they are separate calls of one session).
+# Peak memory.used above the idle baseline is sampled by nvidia-smi every 100 ms, the same way
+# for both. The random checkpoint stays in models/rand-SIZE for the next call.
+# Usage: bash tools/device/train-bench.sh mq|py SIZE...      (SIZE: 0.5b, 7b)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-bin=/tmp/mqt; mkdir -p $bin
-xz -dc .carry-train/medqlora.xz > $bin/medqlora && chmod +x $bin/medqlora
-export CUDA_PATH=${CUDA_PATH:-/usr/local/cuda}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-summary=()
+who=${1:?mq or py}; shift
+if [ "$who" = mq ]; then
+  bin=/tmp/mq/medqlora
+  [ -x $bin ] || { mkdir -p /tmp/mq && xz -dc .carry-train/medqlora.xz > $bin && chmod +x $bin; } || exit 1
+else
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
 peak() {  # runs "$@", prints its last stdout line + the peak MiB above the idle baseline
   local base; base=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > /tmp/mem.log & local pid=$!
@@ -19,11 +23,15 @@ peak() {  # runs "$@", prints its last stdout line + the peak MiB above the idle
   kill $pid; sleep 0.3
   echo "$line | peak GPU memory.used $(( $(sort -n /tmp/mem.log | tail -1) - base )) MiB"
 }
-for size in ${@:-0.5b 7b}; do
+for size in "$@"; do
   cfg=tools/configs/qwen2.5-$size.json; [ "$size" = 7b ] && cfg=tools/configs/qwen2.5-7b-text.json
-  python3 tools/make_random_model.py $cfg /tmp/m$size 2>&1 | tail -1
-  r=$(XDG_CACHE_HOME=/tmp/cache-train peak $bin/medqlora bench train --model /tmp/m$size --device cuda --dtype bf16 --quantize nf4 --seq 2048 --r 64 --steps 3 --warmup 2); echo "$r"; summary+=("$r")
-  r=$(peak python3 tools/bench_transformers_qlora.py /tmp/m$size --seq 2048 --r 64 --steps 3 --warmup 2); echo "$r"; summary+=("$r")
-  rm -rf /tmp/m$size
+  m=models/rand-$size
+  [ -f $m/config.json ] || python3 tools/make_random_model.py $cfg $m 2>&1 | tail -1
+  if [ "$who" = mq ]; then
+    peak $bin --kernel-cache $PWD/.kcache --autotune minimal bench train --model $m --device cuda --dtype bf16 --quantize nf4 --seq 2048 --r 64 --steps 3 --warmup 2
+  else
+    peak python3 tools/bench_transformers_qlora.py $m --seq 2048 --r 64 --steps 3 --warmup 2
+  fi
 done
-echo; echo "==== summary ($(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader))"; printf '%s\n' "${summary[@]}"
+tail -5 "$OUT/stderr.log"
+echo "==== $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"

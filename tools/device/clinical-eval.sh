@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# On the GPU device: the real Qwen2.5-0.5B learns clinical JSON extraction, and the evaluator
+# scores the NF4 base and the trained adapter on the test splits (issue 5's comparison).
+# The checkpoint (1.26 GB) cannot travel in one call (64 MiB), so its source, the GGUF that
+# ../shared/tools/fetch-qwen2.5-0.5b.sh downloads, travels in 56 MiB pieces, each call
+# carrying the next (`.xfer/p00` ... `.xfer/p08`), and is converted there by the same
+# gguf_to_hf.py (sha256 checked on both sides). Carried besides: `.xfer/work/` (gguf wheel,
+# gguf_to_hf.py, mts-sections.tar.xz = `medqlora datasets mtsamples --task sections` output)
+# and `.carry-train/medqlora.xz` (release build with --features cuda).
+#   bash tools/device/clinical-eval.sh train            # model, data, training (resumes)
+#   bash tools/device/clinical-eval.sh eval synth       # base vs adapter, synthetic test split
+#   bash tools/device/clinical-eval.sh eval mts-sections [LIMIT]
+# Kernels compiled and tuned in one call are kept in .kcache for the next (--kernel-cache).
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+bin=/tmp/mq/medqlora
+if [ ! -x $bin ]; then mkdir -p /tmp/mq && xz -dc .carry-train/medqlora.xz > $bin && chmod +x $bin || exit 1; fi
+M="$bin --kernel-cache $PWD/.kcache --autotune minimal"
+model=models/qwen2.5-0.5b
+run=runs/qwen2.5-0.5b-clinical-full
+
+if [ ! -f $model/model.safetensors ]; then
+  t0=$(date +%s)
+  cat .xfer/p*/gg.* > /tmp/model.gguf
+  echo "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32  /tmp/model.gguf" | sha256sum -c - || exit 1
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/gg .xfer/work/gguf-*.whl || exit 1
+  PYTHONPATH=/tmp/gg python3 .xfer/work/gguf_to_hf.py /tmp/model.gguf $model || exit 1
+  rm -f /tmp/model.gguf
+  echo "model converted in $(( $(date +%s) - t0 )) s; expect af21c1ed9a7b818e... (the file fetch-model.sh builds)"
+  sha256sum $model/model.safetensors
+fi
+if [ ! -f data/clinical/train.jsonl ]; then
+  $M datasets synth --kind all --n 150 --seed 7 --out data/synth || exit 1
+  mkdir -p data && tar xJf .xfer/work/mts-sections.tar.xz -C /tmp && rm -rf data/mts-sections && mv /tmp/mts data/mts-sections
+  mkdir -p data/clinical
+  cat data/synth/train.jsonl data/mts-sections/train.jsonl > data/clinical/train.jsonl
+  cat data/synth/val.jsonl data/mts-sections/val.jsonl > data/clinical/val.jsonl
+  wc -l data/*/*.jsonl
+fi
+
+pack() {  # what comes back: one archive of the run's small files, and the kernel cache
+  tar cJf "$OUT/clinical.tar.xz" $(ls -d $run/metrics.jsonl $run/train.log runs/eval/*/report.* 2>/dev/null)
+  tar cJf /tmp/kcache.tar.xz .kcache 2>/dev/null && [ $(stat -c %s /tmp/kcache.tar.xz) -lt 16000000 ] && cp /tmp/kcache.tar.xz "$OUT/"
+}
+
+case "${1:-}" in
+  train)
+    resume=""; ls -d $run/checkpoints/step-* >/dev/null 2>&1 && resume="--resume latest"
+    mkdir -p $run
+    # SIGINT before the call's limit: the trainer checkpoints and exits 0; the next call resumes.
+    timeout -s INT ${2:-500} $M train recipes/qwen2.5-0.5b-clinical-full.toml $resume 2>&1 | tee -a $run/train.log | grep -v "^\s*$" | tail -40
+    ;;
+  eval)
+    set_=${2:?synth or mts-sections}; limit=${3:+--limit $3}
+    E="$M eval --model $model --quantize nf4 --device cuda --dtype bf16 --batch-size 32 --max-new-tokens 320 --data data/$set_/test.jsonl $limit"
+    [ -f runs/eval/$set_-base/report.json ] || $E --out runs/eval/$set_-base 2>&1 | tail -8
+    $E --adapter $run/adapter --out runs/eval/$set_-adapter --compare runs/eval/$set_-base/report.json 2>&1 | tail -8
+    cat runs/eval/$set_-adapter/report.md | head -60
+    ;;
+  *) echo "usage: clinical-eval.sh train [SECONDS] | eval synth|mts-sections [LIMIT]"; exit 2 ;;
+esac
+pack
