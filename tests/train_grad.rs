@@ -132,3 +132,30 @@ fn chunked_head_gives_the_whole_head_gradients() {
         }
     }
 }
+
+#[test]
+fn padding_to_a_multiple_changes_no_loss_and_no_gradient() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let (model, r) = model_with_fixture_adapters(0.0);
+    let batch = batch_from_labels(&r["input_ids"], &r["labels"]);
+    // What `data.pad_to_multiple_of` does: more pad positions on the right, never scored.
+    let extra = 5;
+    let seq = batch.seq + extra;
+    let mut padded = Batch { seq, input_ids: vec![0; batch.batch * seq], targets: vec![0; batch.batch * seq], weights: vec![0.0; batch.batch * seq], ..batch.clone() };
+    for row in 0..batch.batch {
+        let (p, q) = (row * batch.seq, row * seq);
+        padded.input_ids[q..q + batch.seq].copy_from_slice(&batch.input_ids[p..p + batch.seq]);
+        padded.targets[q..q + batch.seq].copy_from_slice(&batch.targets[p..p + batch.seq]);
+        padded.weights[q..q + batch.seq].copy_from_slice(&batch.weights[p..p + batch.seq]);
+        padded.input_ids[q + batch.seq..q + seq].fill(batch.input_ids[p + batch.seq - 1]);
+    }
+    for checkpointing in [false, true] {
+        let (want_loss, want) = run(&model, &batch, checkpointing);
+        let (loss, got) = run(&model, &padded, checkpointing);
+        assert!((loss - want_loss).abs() / want_loss < 1e-6, "checkpointing={checkpointing}: loss {loss} vs {want_loss}");
+        for (name, g) in &want {
+            let e = rel_err(&got[name].clone().into_data(), &g.clone().into_data());
+            assert!(e < 1e-5, "checkpointing={checkpointing}: {name} relative error {e:.2e} with padding");
+        }
+    }
+}

@@ -10,7 +10,7 @@
 use burn::backend::Autodiff;
 use medqlora::backend::CpuBackend;
 use medqlora::data::prompt::Encoded;
-use medqlora::train::batches::{Batcher, DataCursor};
+use medqlora::train::batches::{Batcher, DataCursor, Padding};
 use medqlora::train::data::prepare;
 use medqlora::train::optim::NamedTensors;
 use medqlora::train::parallel::{accumulate, total_nll, GradReducer, HostReducer, MicroSettings, Sharding, StepBatches};
@@ -21,6 +21,8 @@ use burn::tensor::{Tensor, TensorData};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
+
+const NO_ROUNDING: Padding = Padding { id: 0, multiple: 1 };
 
 type B = Autodiff<CpuBackend>;
 type I = CpuBackend;
@@ -136,8 +138,8 @@ fn every_micro_batch_runs_once_and_resume_gives_the_same_shards() {
     let (grad_accum, steps) = (4, 9);
     for ranks in [1, 2, 4] {
         let sharding = Sharding::new(grad_accum, ranks).unwrap();
-        let mut single = Batcher::new(&data, 4, 7, 0);
-        let mut rank_batchers: Vec<Batcher> = (0..ranks).map(|_| Batcher::new(&data, 4, 7, 0)).collect();
+        let mut single = Batcher::new(&data, 4, 7, NO_ROUNDING);
+        let mut rank_batchers: Vec<Batcher> = (0..ranks).map(|_| Batcher::new(&data, 4, 7, NO_ROUNDING)).collect();
         let (mut cursor, mut log) = (DataCursor::default(), Vec::new());
         for _ in 0..steps {
             let whole = StepBatches::take(&mut single, cursor, grad_accum);
@@ -163,7 +165,7 @@ fn every_micro_batch_runs_once_and_resume_gives_the_same_shards() {
         // Resume mid-run (fresh batchers at a saved cursor): the same shards.
         for (saved, shards) in &log[5..] {
             for (rank, expected) in shards.iter().enumerate() {
-                let plan = StepBatches::take(&mut Batcher::new(&data, 4, 7, 0), *saved, grad_accum);
+                let plan = StepBatches::take(&mut Batcher::new(&data, 4, 7, NO_ROUNDING), *saved, grad_accum);
                 let got: Vec<_> = sharding.micro_batches(rank).map(|i| plan.batches[i].example_ids.clone()).collect();
                 assert_eq!(&got, expected, "{ranks} ranks, rank {rank}, resumed at {saved:?}");
             }
@@ -198,7 +200,7 @@ fn summed_rank_gradients_equal_the_whole_batch_gradient() {
         .collect();
     load_into_model(&mut model, &master);
 
-    let mut batcher = Batcher::new(&prepared.train, recipe.train.micro_batch_size, recipe.seed, prepared.pad_id);
+    let mut batcher = Batcher::new(&prepared.train, recipe.train.micro_batch_size, recipe.seed, prepared.padding);
     let plan = StepBatches::take(&mut batcher, DataCursor { epoch: 0, index: 1 }, recipe.train.grad_accum);
     let step = 3;
     let one = MicroSettings { seed: recipe.seed, checkpointing: true, take_turns: false };

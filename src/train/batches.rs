@@ -37,6 +37,25 @@ pub struct Batch {
     pub seq: usize,
 }
 
+/// How micro-batches are padded: on the right with `id`, to the longest sequence of the batch
+/// rounded up to a multiple of `multiple` (transformers' `pad_to_multiple_of`). GPU kernels
+/// are compiled and autotuned per shape, so rounding bounds the shapes a run meets (2,048
+/// tokens in multiples of 256: 8 shapes instead of hundreds); pad positions are never scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Padding {
+    /// Token id of pad positions.
+    pub id: u32,
+    /// Sequence lengths are rounded up to a multiple of this (1 = no rounding).
+    pub multiple: usize,
+}
+
+impl Padding {
+    /// The padded length of a batch whose longest sequence has `longest` tokens.
+    pub fn length(&self, longest: usize) -> usize {
+        longest.max(1).next_multiple_of(self.multiple.max(1))
+    }
+}
+
 impl Batch {
     /// Scored positions.
     pub fn scored_tokens(&self) -> usize {
@@ -46,12 +65,12 @@ impl Batch {
     /// Builds a right-padded batch. Position `t` predicts token `t + 1` when that token is an
     /// assistant token; right padding needs no attention mask under a causal mask because
     /// real tokens never attend to later (pad) positions.
-    pub fn collate(examples: &[(usize, &Encoded)], pad_id: u32) -> Self {
-        let seq = examples.iter().map(|(_, e)| e.input_ids.len()).max().unwrap_or(1).max(1);
+    pub fn collate(examples: &[(usize, &Encoded)], padding: Padding) -> Self {
+        let seq = padding.length(examples.iter().map(|(_, e)| e.input_ids.len()).max().unwrap_or(1));
         let batch = examples.len();
         let mut b = Batch {
             example_ids: examples.iter().map(|(i, _)| *i).collect(),
-            input_ids: vec![pad_id as i64; batch * seq],
+            input_ids: vec![padding.id as i64; batch * seq],
             targets: vec![0; batch * seq],
             weights: vec![0.0; batch * seq],
             batch,
@@ -76,7 +95,7 @@ pub struct Batcher<'a> {
     examples: &'a [Encoded],
     micro_batch_size: usize,
     seed: u64,
-    pad_id: u32,
+    padding: Padding,
     /// Micro-batches of the current epoch, as example indices.
     plan: Vec<Vec<usize>>,
     plan_epoch: Option<usize>,
@@ -87,8 +106,8 @@ const BUCKET_WINDOW: usize = 16;
 
 impl<'a> Batcher<'a> {
     /// A batcher over `examples` (non-empty).
-    pub fn new(examples: &'a [Encoded], micro_batch_size: usize, seed: u64, pad_id: u32) -> Self {
-        Self { examples, micro_batch_size: micro_batch_size.max(1), seed, pad_id, plan: Vec::new(), plan_epoch: None }
+    pub fn new(examples: &'a [Encoded], micro_batch_size: usize, seed: u64, padding: Padding) -> Self {
+        Self { examples, micro_batch_size: micro_batch_size.max(1), seed, padding, plan: Vec::new(), plan_epoch: None }
     }
 
     /// Micro-batches per epoch.
@@ -123,18 +142,18 @@ impl<'a> Batcher<'a> {
         }
         let ids = &self.plan[cursor.index];
         let examples: Vec<(usize, &Encoded)> = ids.iter().map(|&i| (i, &self.examples[i])).collect();
-        let batch = Batch::collate(&examples, self.pad_id);
+        let batch = Batch::collate(&examples, self.padding);
         (batch, DataCursor { epoch: cursor.epoch, index: cursor.index + 1 })
     }
 }
 
 /// Fixed-order micro-batches of a held-out set (sorted by length; no shuffling).
-pub fn eval_batches(examples: &[Encoded], micro_batch_size: usize, pad_id: u32) -> Vec<Batch> {
+pub fn eval_batches(examples: &[Encoded], micro_batch_size: usize, padding: Padding) -> Vec<Batch> {
     let mut order: Vec<usize> = (0..examples.len()).collect();
     order.sort_by_key(|&i| (examples[i].input_ids.len(), i));
     order
         .chunks(micro_batch_size.max(1))
-        .map(|ids| Batch::collate(&ids.iter().map(|&i| (i, &examples[i])).collect::<Vec<_>>(), pad_id))
+        .map(|ids| Batch::collate(&ids.iter().map(|&i| (i, &examples[i])).collect::<Vec<_>>(), padding))
         .collect()
 }
 
@@ -147,10 +166,28 @@ mod tests {
     }
 
     #[test]
+    fn collate_rounds_the_length_up_and_never_scores_padding() {
+        let (a, b) = (ex(5, 2), ex(3, 1));
+        let plain = Batch::collate(&[(0, &a), (1, &b)], Padding { id: 7, multiple: 1 });
+        let padded = Batch::collate(&[(0, &a), (1, &b)], Padding { id: 7, multiple: 4 });
+        assert_eq!(padded.seq, 8);
+        assert_eq!(padded.scored_tokens(), plain.scored_tokens());
+        for row in 0..2 {
+            let (p, q) = (row * plain.seq, row * padded.seq);
+            assert_eq!(&padded.weights[q..q + plain.seq], &plain.weights[p..p + plain.seq]);
+            assert_eq!(&padded.targets[q..q + plain.seq], &plain.targets[p..p + plain.seq]);
+            assert!(padded.input_ids[q + plain.seq..q + 8].iter().all(|&t| t == 7));
+            assert!(padded.weights[q + plain.seq..q + 8].iter().all(|&w| w == 0.0));
+        }
+        assert_eq!(Padding { id: 0, multiple: 256 }.length(300), 512);
+        assert_eq!(Padding { id: 0, multiple: 256 }.length(256), 256);
+    }
+
+    #[test]
     fn collate_shifts_targets_and_pads() {
         let a = ex(5, 2);
         let b = ex(3, 1);
-        let batch = Batch::collate(&[(0, &a), (1, &b)], 0);
+        let batch = Batch::collate(&[(0, &a), (1, &b)], Padding { id: 0, multiple: 1 });
         assert_eq!((batch.batch, batch.seq), (2, 5));
         // Row 0: tokens 13, 14 are the answer, predicted from positions 2 and 3.
         assert_eq!(&batch.weights[..5], &[0.0, 0.0, 1.0, 1.0, 0.0]);
@@ -164,7 +201,7 @@ mod tests {
     #[test]
     fn epochs_cover_every_example_once_and_replay_from_a_cursor() {
         let examples: Vec<Encoded> = (0..37).map(|i| ex(4 + i % 7, 2)).collect();
-        let mut batcher = Batcher::new(&examples, 4, 7, 0);
+        let mut batcher = Batcher::new(&examples, 4, 7, Padding { id: 0, multiple: 1 });
         assert_eq!(batcher.batches_per_epoch(), 10);
         let mut cursor = DataCursor::default();
         let mut seen = Vec::new();
@@ -180,7 +217,7 @@ mod tests {
         seen.sort_unstable();
         assert_eq!(seen, (0..37).collect::<Vec<_>>(), "epoch 0 visits every example once");
         // A fresh batcher resumed at any cursor produces the same batches.
-        let mut fresh = Batcher::new(&examples, 4, 7, 0);
+        let mut fresh = Batcher::new(&examples, 4, 7, Padding { id: 0, multiple: 1 });
         for (c, b) in &log[13..] {
             assert_eq!(&fresh.next(*c).0, b);
         }

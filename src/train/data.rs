@@ -35,8 +35,8 @@ pub struct Prepared {
     pub eval: Vec<Encoded>,
     /// The held-out records (for field accuracy).
     pub eval_records: Vec<Record>,
-    /// Padding id (`<|endoftext|>`).
-    pub pad_id: u32,
+    /// Padding: `<|endoftext|>`, to the recipe's `data.pad_to_multiple_of`.
+    pub padding: super::batches::Padding,
     /// The model's tokenizer (for generation during evaluation).
     pub tokenizer: Tokenizer,
     /// The model's chat template.
@@ -77,7 +77,8 @@ pub fn prepare(recipe: &Recipe) -> Result<Prepared, PrepareError> {
         train.len(),
         eval.len()
     );
-    Ok(Prepared { model_dir, train, eval, eval_records, pad_id, tokenizer: tok, template })
+    let padding = super::batches::Padding { id: pad_id, multiple: recipe.data.pad_to_multiple_of };
+    Ok(Prepared { model_dir, train, eval, eval_records, padding, tokenizer: tok, template })
 }
 
 fn records(recipe: &Recipe) -> Result<(Vec<Record>, Vec<Record>), PrepareError> {

@@ -33,7 +33,7 @@ pub use nccl::NcclReducer;
 pub use reduce::{GradReducer, HostReducer, ReduceError};
 pub use shard::{Sharding, ShardError, StepBatches};
 
-use super::batches::{Batcher, DataCursor};
+use super::batches::{Batcher, DataCursor, Padding};
 use super::optim::NamedTensors;
 use super::recipe::{HardwareRecipe, Recipe};
 use super::run::{load_into_model, TrainError};
@@ -173,20 +173,20 @@ pub struct RankData<'env> {
     pub micro_batch_size: usize,
     /// Micro-batches per optimizer step (all ranks together).
     pub grad_accum: usize,
-    /// Padding id.
-    pub pad_id: u32,
+    /// How micro-batches are padded.
+    pub padding: Padding,
     /// How micro-batches run.
     pub settings: MicroSettings,
 }
 
 impl<'env> RankData<'env> {
     /// From the recipe and the tokenized examples, for `ranks` ranks.
-    pub fn new(recipe: &Recipe, train: &'env [Encoded], pad_id: u32, ranks: usize) -> Self {
+    pub fn new(recipe: &Recipe, train: &'env [Encoded], padding: Padding, ranks: usize) -> Self {
         Self {
             train,
             micro_batch_size: recipe.train.micro_batch_size,
             grad_accum: recipe.train.grad_accum,
-            pad_id,
+            padding,
             settings: MicroSettings {
                 seed: recipe.seed,
                 checkpointing: recipe.train.gradient_checkpointing,
@@ -372,7 +372,7 @@ fn rank_loop<B: AutodiffBackend>(
     if replies.send(Ok(Reply::Ready)).is_err() {
         return;
     }
-    let mut batcher = Batcher::new(data.train, data.micro_batch_size, data.settings.seed, data.pad_id);
+    let mut batcher = Batcher::new(data.train, data.micro_batch_size, data.settings.seed, data.padding);
     while let Ok(order) = orders.recv() {
         let master: NamedTensors<B::InnerBackend> = order.master.into_iter().map(|(k, t)| (k, t.to_device(&device))).collect();
         load_into_model(&mut model, &master);

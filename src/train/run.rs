@@ -168,7 +168,7 @@ impl ParallelTask for Task<'_> {
         if recipe.hardware.device == crate::backend::DeviceSpec::Cpu {
             eprintln!("note: {} simulated ranks share the CPU (hardware.devices): same results as one device, not faster", devices.len());
         }
-        let data = RankData::new(recipe, &prepared.train, prepared.pad_id, devices.len());
+        let data = RankData::new(recipe, &prepared.train, prepared.padding, devices.len());
         let build = |device: &B::Device| build_model::<B>(recipe, prepared, device).map(|(model, _, _)| model);
         std::thread::scope(|scope| {
             let group = Group::<B>::spawn(scope, &build, data, devices, reducers)?;
@@ -257,8 +257,7 @@ fn mean_eval_loss<B: AutodiffBackend>(model: &Qwen2ForCausalLM<B>, prepared: &Pr
     }
     let mut m = model.valid();
     set_training(&mut m, false);
-    let pad = prepared.pad_id;
-    let batches = eval_batches(&prepared.eval, recipe.train.micro_batch_size, pad);
+    let batches = eval_batches(&prepared.eval, recipe.train.micro_batch_size, prepared.padding);
     let take = if recipe.train.eval_batches == 0 { batches.len() } else { recipe.train.eval_batches };
     let (mut nll, mut tok) = (0.0, 0usize);
     for b in batches.iter().take(take) {
@@ -390,7 +389,7 @@ fn run_on<B: AutodiffBackend>(task: Task<'_>, device: &B::Device, mut group: Opt
         None
     };
 
-    let mut batcher = Batcher::new(&prepared.train, t.micro_batch_size, recipe.seed, prepared.pad_id);
+    let mut batcher = Batcher::new(&prepared.train, t.micro_batch_size, recipe.seed, prepared.padding);
     let single = MicroSettings { seed: recipe.seed, checkpointing: t.gradient_checkpointing, take_turns: false };
     let bar = if std::io::stderr().is_terminal() { ProgressBar::new(t.max_steps as u64) } else { ProgressBar::hidden() };
     bar.set_style(
