@@ -1,9 +1,12 @@
 //! Gradients flow through NF4 and dense bases into the LoRA adapters only (frozen bases get
-//! none), and match central finite differences of the loss on the CPU.
+//! none), and match central finite differences of the loss on the CPU; a training step's
+//! gradients through the NF4 base equal the dense path's on the same values (CPU, and the NF4
+//! kernels on the GPU in CUDA builds: tools/device/gpu-tests.txt).
 
 mod common;
 
 use burn::backend::Autodiff;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::module::Param;
 use burn::tensor::{Distribution, Tensor};
 use common::{fixture, ids, reference};
@@ -66,4 +69,108 @@ fn lora_gradients_match_finite_differences_through_nf4() {
             assert!((fd - an).abs() <= 3e-2 * scale + 2e-5, "gradient mismatch at {idx}: analytic {an} vs numeric {fd}");
         }
     }
+}
+
+/// One training step's LoRA gradients (the trainer's `forward_backward`, checkpointed, all
+/// seven projections) through the NF4 base equal those through a dense base holding exactly the
+/// dequantized weights, and differ from the original dense base's by no more than NF4 rounding of
+/// the weights allows. On the CPU and, in CUDA builds, through the NF4 kernels on the GPU.
+#[test]
+fn nf4_training_gradients_match_the_dense_path() {
+    use medqlora::train::batches::Batch;
+    use medqlora::train::optim::NamedTensors;
+    use medqlora::train::step::forward_backward;
+
+    fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+        let d: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
+        d / b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt().max(1e-30)
+    }
+    fn grads_of<B: AutodiffBackend>(model: &Qwen2ForCausalLM<B>, batch: &Batch) -> NamedTensors<B::InnerBackend> {
+        let mut g = NamedTensors::new();
+        forward_backward(model, batch, 1.0 / batch.scored_tokens() as f64, true, 5, &mut g);
+        g
+    }
+    fn flat<B: Backend>(t: &Tensor<B, 2>) -> Vec<f32> {
+        t.clone().into_data().convert::<f32>().to_vec::<f32>().unwrap()
+    }
+    fn run<B: Backend>(t: common::Target<B>) {
+        let dir = fixture("qwen2_tiny");
+        let config = TextConfig::from_dir(&dir).unwrap();
+        let store = WeightStore::open(&dir).unwrap();
+        let targets: Vec<String> = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].iter().map(|s| s.to_string()).collect();
+        let spec = LoraSpec { r: 4, alpha: 8.0, dropout: 0.0, use_rslora: false };
+        let mut nf4 = Qwen2ForCausalLM::<Autodiff<B>>::load_with(&config, &store, &t.device, Some(&QuantizeOnLoad::default())).unwrap();
+        nf4.add_lora(&spec, &targets, &t.device);
+        for (_, l) in nf4.linears_mut() {
+            if let Some(lora) = l.lora.as_mut() {
+                let dims = lora.lora_b.val().dims();
+                lora.lora_b = Param::from_tensor(Tensor::random(dims, Distribution::Normal(0.0, 0.1), &t.device).require_grad());
+            }
+        }
+        let mut dequantized = nf4.clone();
+        for (_, l) in dequantized.linears_mut() {
+            l.dequantize_in_place();
+        }
+        let mut dense = Qwen2ForCausalLM::<Autodiff<B>>::load(&config, &store, &t.device).unwrap();
+        dense.add_lora(&spec, &targets, &t.device);
+        let adapters: std::collections::HashMap<String, _> =
+            nf4.linears().into_iter().filter_map(|(n, l)| l.lora.clone().map(|a| (n, a))).collect();
+        let mut weight_err: f64 = 0.0;
+        use medqlora::model::linear::LinearWeight;
+        let quantized: std::collections::HashMap<String, Vec<f32>> = dequantized.linears().into_iter().map(|(n, l)| (n, flat(&l.dense_weight()))).collect();
+        for (name, l) in dense.linears_mut() {
+            if let Some(a) = adapters.get(&name) {
+                l.lora = Some(a.clone());
+                weight_err = weight_err.max(rel_l2(&quantized[&name], &flat(&l.dense_weight())));
+            }
+        }
+        let r = reference(dir.join("reference.safetensors"));
+        let input = r["input_ids"].clone();
+        let (b, s) = (input.shape[0], input.shape[1]);
+        let ids = input.convert::<i64>().to_vec::<i64>().unwrap();
+        let mut batch = Batch { example_ids: (0..b).collect(), input_ids: ids.clone(), targets: vec![0; b * s], weights: vec![0.0; b * s], batch: b, seq: s };
+        for row in 0..b {
+            for p in 0..s - 1 {
+                batch.targets[row * s + p] = ids[row * s + p + 1];
+                batch.weights[row * s + p] = 1.0;
+            }
+        }
+        // What rounding of this size does anyway: the dense base plus Gaussian noise with each
+        // weight's own NF4 relative error (fresh every run).
+        let mut noisy = dense.clone();
+        for (name, l) in noisy.linears_mut() {
+            if let (Some(q), LinearWeight::Dense(w)) = (quantized.get(&name), &l.weight) {
+                let w = w.val();
+                let orig = flat(&w);
+                let e = rel_l2(q, &orig);
+                let rms = (orig.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / orig.len() as f64).sqrt();
+                let noise = Tensor::<Autodiff<B>, 2>::random(w.dims(), Distribution::Normal(0.0, e * rms), &t.device);
+                l.weight = LinearWeight::Dense(Param::from_tensor(w + noise).set_require_grad(false));
+            }
+        }
+        let (g_nf4, g_deq) = (grads_of(&nf4, &batch), grads_of(&dequantized, &batch));
+        let (g_dense, g_noisy) = (grads_of(&dense, &batch), grads_of(&noisy, &batch));
+        assert_eq!(g_nf4.len(), 2 * 7 * config.num_hidden_layers);
+        // NF4 kernels vs dense matmuls on the same values: exact f32 on the CPU; TF32 tensor
+        // cores on the GPU (see CUDA_F32_LOGITS_TOL).
+        let same_bound = if t.name == "cpu" { 1e-5 } else { 3e-2 };
+        let (mut worst_same, mut mean_round, mut mean_noise) = (0.0f64, 0.0f64, 0.0f64);
+        for (name, g) in &g_nf4 {
+            let (g, want) = (flat(g), flat(&g_dense[name]));
+            worst_same = worst_same.max(rel_l2(&g, &flat(&g_deq[name])));
+            mean_round += rel_l2(&g, &want) / g_nf4.len() as f64;
+            mean_noise += rel_l2(&flat(&g_noisy[name]), &want) / g_nf4.len() as f64;
+        }
+        println!(
+            "{}: NF4 vs dequantized-dense gradients {worst_same:.2e} (bound {same_bound:.0e}); vs original dense: mean {mean_round:.3}, \
+             random rounding of the same size (weight error up to {weight_err:.3}): mean {mean_noise:.3}",
+            t.name
+        );
+        assert!(worst_same <= same_bound, "{}: NF4 path vs dense path on the same values: {worst_same:.2e}", t.name);
+        // The gradient change NF4 causes is the size that rounding of that magnitude causes
+        // (measured ratio ~1 on the CPU; bound 2x).
+        assert!(mean_round <= 2.0 * mean_noise, "{}: NF4 changes gradients by {mean_round:.3}, random rounding by {mean_noise:.3}", t.name);
+        assert!(mean_round > 0.0, "quantization must change something");
+    }
+    on_every_backend!(run);
 }

@@ -121,9 +121,19 @@ fn nf4_model_equals_dense_model_with_dequantized_weights() {
         let dense = Qwen2ForCausalLM::<B>::load(&config, &WeightStore::open(&out).unwrap(), &t.device).unwrap();
         let r = reference(src.join("reference.safetensors"));
         let x = ids(&r["input_ids"], &t.device);
-        let err = max_abs_diff(&q.forward(x.clone(), false).logits.into_data(), &dense.forward(x, false).logits.into_data());
+        let want = q.forward(x.clone(), false).logits.into_data();
+        let err = max_abs_diff(&want, &dense.forward(x.clone(), false).logits.into_data());
         println!("{}: NF4 model vs dense-dequantized model max-abs {err:.2e}", t.name);
         assert!(err <= t.logits_tol, "{}: {err}", t.name);
+        // `--quantize nf4-dense`: the loaded NF4 model dequantized in place computes the same.
+        let mut in_place = q.clone();
+        for (_, linear) in in_place.linears_mut() {
+            linear.dequantize_in_place();
+        }
+        assert!(in_place.linears().iter().all(|(_, l)| matches!(l.weight, LinearWeight::Dense(_))));
+        let err = max_abs_diff(&want, &in_place.forward(x, false).logits.into_data());
+        println!("{}: NF4 model vs the same model dequantized in place max-abs {err:.2e}", t.name);
+        assert!(err <= t.logits_tol, "{}: dequantized in place: {err}", t.name);
         std::fs::remove_dir_all(&out).unwrap();
     }
     on_every_backend!(run);

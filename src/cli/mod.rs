@@ -75,6 +75,9 @@ pub enum QuantizeFlag {
     None,
     /// Quantize linear weights to NF4 while loading (blocksize 64, double quant, lm_head dense).
     Nf4,
+    /// Quantize as `nf4`, then keep the dequantized values dense: the NF4 model's numbers
+    /// without decoding weights on every token (for CPU evaluation; 4 bytes per weight in f32).
+    Nf4Dense,
 }
 
 /// Loads a HF checkpoint folder onto `device`, printing a one-line summary to stderr.
@@ -83,7 +86,13 @@ pub fn load_model<B: Backend>(dir: &Path, device: &B::Device, quantize: Quantize
     let config = TextConfig::from_dir(dir)?;
     let store = WeightStore::open(dir)?;
     let q = QuantizeOnLoad::default();
-    let model = Qwen2ForCausalLM::<B>::load_with(&config, &store, device, (quantize == QuantizeFlag::Nf4).then_some(&q))?;
+    let nf4 = matches!(quantize, QuantizeFlag::Nf4 | QuantizeFlag::Nf4Dense);
+    let mut model = Qwen2ForCausalLM::<B>::load_with(&config, &store, device, nf4.then_some(&q))?;
+    if quantize == QuantizeFlag::Nf4Dense {
+        for (_, linear) in model.linears_mut() {
+            linear.dequantize_in_place();
+        }
+    }
     eprintln!(
         "loaded {} ({} layers, {:.1}M parameters, {:.2} GB resident) in {:.1}s",
         dir.display(),
