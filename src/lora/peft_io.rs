@@ -220,43 +220,26 @@ pub fn load_peft_adapter<B: Backend>(model: &mut Qwen2ForCausalLM<B>, dir: &Path
     Ok(PeftAdapterInfo { base_model, r, alpha, use_rslora, target_modules, modules: loaded, skipped_vision })
 }
 
-fn f32_bytes<B: Backend>(t: Tensor<B, 2>) -> Vec<u8> {
-    let data = t.into_data().convert::<f32>();
-    data.as_slice::<f32>().expect("converted to f32").iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-/// Writes the model's adapters as a PEFT folder (f32 weights; `adapter_config.json` with
-/// `spec`, `targets` and `base_model_name`), atomically: into a temporary sibling folder,
-/// then renamed over `dir`. Returns the number of adapted modules.
-pub fn save_peft_adapter<B: Backend>(model: &Qwen2ForCausalLM<B>, spec: &LoraSpec, targets: &[String], base_model_name: &str, dir: &Path) -> Result<usize, PeftError> {
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (name, lin) in model.linears() {
-        if let Some(l) = &lin.lora {
-            let (a, b) = (l.lora_a.val(), l.lora_b.val());
-            tensors.push((format!("base_model.model.{name}.lora_A.weight"), a.dims().to_vec(), f32_bytes(a)));
-            tensors.push((format!("base_model.model.{name}.lora_B.weight"), b.dims().to_vec(), f32_bytes(b)));
-        }
-    }
-    if tensors.is_empty() {
-        return Err(PeftError::NoAdapters);
-    }
-    let modules = tensors.len() / 2;
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(io(parent))?;
-    let leaf = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "adapter".into());
-    let tmp = parent.join(format!(".{leaf}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+/// `adapter_model.safetensors` bytes: f32 tensors given by PEFT name (`<module>.lora_A`,
+/// `<module>.lora_B`), stored under PEFT's keys (`base_model.model.<module>.lora_A.weight`).
+/// The one writer of the format: [`save_peft_adapter`] and the trainer's checkpoints use it.
+pub fn peft_weights_bytes<'a>(tensors: impl IntoIterator<Item = (&'a str, &'a [usize], &'a [f32])>) -> Result<Vec<u8>, PeftError> {
+    let tensors: Vec<(String, &[usize], &[f32])> = tensors.into_iter().map(|(n, s, d)| (format!("base_model.model.{n}.weight"), s, d)).collect();
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
-        .map(|(k, shape, bytes)| (k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes).expect("sizes match")))
-        .collect();
+        .map(|(k, shape, data)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), bytemuck::cast_slice(data))
+                .map(|v| (k.clone(), v))
+                .map_err(|e| PeftError::Tensor { path: WEIGHTS_FILE.into(), key: k.clone(), reason: e.to_string() })
+        })
+        .collect::<Result<_, _>>()?;
     let meta = std::collections::HashMap::from([("format".to_owned(), "pt".to_owned())]);
-    let wpath = tmp.join(WEIGHTS_FILE);
-    safetensors::serialize_to_file(views, Some(meta), &wpath)
-        .map_err(|e| PeftError::Tensor { path: wpath.clone(), key: "(file)".into(), reason: e.to_string() })?;
+    safetensors::serialize(views, Some(meta)).map_err(|e| PeftError::Tensor { path: WEIGHTS_FILE.into(), key: "(file)".into(), reason: e.to_string() })
+}
+
+/// `adapter_config.json` text for LoRA adapters `spec` on `targets` (module-name suffixes) of
+/// `base_model_name`, with every key PEFT 0.1x writes.
+pub fn peft_config_json(spec: &LoraSpec, targets: &[String], base_model_name: &str) -> String {
     let alpha = if spec.alpha.fract() == 0.0 { json!(spec.alpha as i64) } else { json!(spec.alpha) };
     let mut target_modules: Vec<&String> = targets.iter().collect();
     target_modules.sort();
@@ -269,8 +252,40 @@ pub fn save_peft_adapter<B: Backend>(model: &Qwen2ForCausalLM<B>, spec: &LoraSpe
         "peft_type": "LORA", "r": spec.r, "rank_pattern": {}, "revision": null, "target_modules": target_modules,
         "task_type": "CAUSAL_LM", "use_dora": false, "use_rslora": spec.use_rslora,
     });
+    serde_json::to_string_pretty(&config).expect("json") + "\n"
+}
+
+/// Writes the model's adapters as a PEFT folder (f32 weights; `adapter_config.json` with
+/// `spec`, `targets` and `base_model_name`), atomically: into a temporary sibling folder,
+/// then renamed over `dir`. Returns the number of adapted modules.
+pub fn save_peft_adapter<B: Backend>(model: &Qwen2ForCausalLM<B>, spec: &LoraSpec, targets: &[String], base_model_name: &str, dir: &Path) -> Result<usize, PeftError> {
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    for (name, lin) in model.linears() {
+        if let Some(l) = &lin.lora {
+            for (suffix, t) in [("lora_A", l.lora_a.val()), ("lora_B", l.lora_b.val())] {
+                let dims = t.dims().to_vec();
+                let data = t.into_data().convert::<f32>().to_vec::<f32>().expect("converted to f32");
+                tensors.push((format!("{name}.{suffix}"), dims, data));
+            }
+        }
+    }
+    if tensors.is_empty() {
+        return Err(PeftError::NoAdapters);
+    }
+    let modules = tensors.len() / 2;
+    let weights = peft_weights_bytes(tensors.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())))?;
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let leaf = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "adapter".into());
+    let tmp = parent.join(format!(".{leaf}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let wpath = tmp.join(WEIGHTS_FILE);
+    std::fs::write(&wpath, weights).map_err(io(&wpath))?;
     let cpath = tmp.join(CONFIG_FILE);
-    std::fs::write(&cpath, serde_json::to_string_pretty(&config).expect("json") + "\n").map_err(io(&cpath))?;
+    std::fs::write(&cpath, peft_config_json(spec, targets, base_model_name)).map_err(io(&cpath))?;
     // Swap into place: the old folder (if any) moves aside first, then goes.
     let old = parent.join(format!(".{leaf}.old-{}", std::process::id()));
     if dir.exists() {

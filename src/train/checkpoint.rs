@@ -50,43 +50,14 @@ pub struct TrainerState {
     pub version: String,
 }
 
-/// The PEFT `adapter_config.json` fields medqlora writes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AdapterConfig {
-    /// Always "LORA".
-    pub peft_type: String,
-    /// Always "CAUSAL_LM".
-    pub task_type: String,
-    /// The base model folder or hub id.
-    pub base_model_name_or_path: String,
-    /// Rank.
-    pub r: usize,
-    /// `lora_alpha`.
-    pub lora_alpha: f64,
-    /// `lora_dropout`.
-    pub lora_dropout: f64,
-    /// rsLoRA scaling.
-    pub use_rslora: bool,
-    /// Module-name suffixes.
-    pub target_modules: Vec<String>,
-    /// Always "none".
-    pub bias: String,
-    /// Always false (A, B as trained).
-    pub fan_in_fan_out: bool,
-    /// Always false.
-    pub inference_mode: bool,
-    /// "gaussian" would differ; PEFT's default kaiming-uniform init is `true`.
-    pub init_lora_weights: bool,
-}
-
 /// Everything in one checkpoint, on the host.
 pub struct Checkpoint {
     /// Position and history.
     pub state: TrainerState,
     /// The recipe as TOML.
     pub recipe_toml: String,
-    /// Adapter config.
-    pub adapter_config: AdapterConfig,
+    /// `adapter_config.json` as PEFT reads it (`lora::peft_io::peft_config_json`).
+    pub adapter_config: String,
     /// f32 master weights by PEFT name (`<module>.lora_A`).
     pub master: BTreeMap<String, HostTensor>,
     /// AdamW first moments.
@@ -95,14 +66,9 @@ pub struct Checkpoint {
     pub v: BTreeMap<String, HostTensor>,
 }
 
-/// The PEFT file key of a trainable tensor: `base_model.model.<module>.lora_A.weight`.
-pub fn peft_key(name: &str) -> String {
-    format!("base_model.model.{name}.weight")
-}
-
-/// Inverse of [`peft_key`].
-pub fn from_peft_key(key: &str) -> Option<&str> {
-    key.strip_prefix("base_model.model.")?.strip_suffix(".weight")
+/// The adapter file of the f32 masters (by PEFT name), through the one PEFT writer.
+fn adapter_bytes(master: &BTreeMap<String, HostTensor>) -> Result<Vec<u8>, crate::lora::peft_io::PeftError> {
+    crate::lora::peft_io::peft_weights_bytes(master.iter().map(|(k, (shape, data))| (k.as_str(), shape.as_slice(), data.as_slice())))
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -134,12 +100,6 @@ fn deserialize(bytes: &[u8]) -> Result<BTreeMap<String, HostTensor>, String> {
         .collect()
 }
 
-/// The adapter file's bytes (PEFT keys, f32).
-pub fn adapter_bytes(master: &BTreeMap<String, HostTensor>) -> Result<Vec<u8>, String> {
-    let tensors: Vec<(String, &HostTensor)> = master.iter().map(|(k, t)| (peft_key(k), t)).collect();
-    serialize(&tensors)
-}
-
 impl Checkpoint {
     /// The folder name of step `step`.
     pub fn dir_name(step: usize) -> String {
@@ -165,8 +125,8 @@ impl Checkpoint {
             optimizer.extend(map.iter().map(|(k, t)| (format!("{prefix}.{k}"), t)));
         }
         let files: Vec<(&str, Vec<u8>)> = vec![
-            ("adapter_model.safetensors", adapter_bytes(&self.master).map_err(ser_err)?),
-            ("adapter_config.json", serde_json::to_vec_pretty(&self.adapter_config).unwrap_or_default()),
+            ("adapter_model.safetensors", adapter_bytes(&self.master).map_err(|e| ser_err(e.to_string()))?),
+            ("adapter_config.json", self.adapter_config.clone().into_bytes()),
             ("optimizer.safetensors", serialize(&optimizer).map_err(ser_err)?),
             ("trainer_state.json", serde_json::to_vec_pretty(&self.state).unwrap_or_default()),
             ("recipe.toml", self.recipe_toml.clone().into_bytes()),
@@ -209,8 +169,9 @@ impl Checkpoint {
         }
         let state: TrainerState =
             serde_json::from_slice(&files["trainer_state.json"]).map_err(|e| invalid(format!("trainer_state.json: {e}")))?;
-        let adapter_config: AdapterConfig =
-            serde_json::from_slice(&files["adapter_config.json"]).map_err(|e| invalid(format!("adapter_config.json: {e}")))?;
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&files["adapter_config.json"])
+            .map_err(|e| invalid(format!("adapter_config.json: {e}")))?;
+        let adapter_config = String::from_utf8(files["adapter_config.json"].clone()).map_err(|e| invalid(format!("adapter_config.json: {e}")))?;
         let recipe_toml = String::from_utf8(files["recipe.toml"].clone()).map_err(|e| invalid(format!("recipe.toml: {e}")))?;
         let opt = deserialize(&files["optimizer.safetensors"]).map_err(|e| invalid(format!("optimizer.safetensors: {e}")))?;
         let mut maps: [BTreeMap<String, HostTensor>; 3] = Default::default();

@@ -2,7 +2,7 @@
 //! gradient accumulation, clip, update, log, evaluate, checkpoint, resume.
 
 use super::batches::{eval_batches, Batcher, DataCursor};
-use super::checkpoint::{self, AdapterConfig, Checkpoint, CheckpointError, HostTensor, TrainerState};
+use super::checkpoint::{self, Checkpoint, CheckpointError, HostTensor, TrainerState};
 use super::data::{prepare, Prepared};
 use super::metrics::{Metrics, MetricsError, StepMetrics};
 use super::optim::{clip_global_norm, learning_rate, AdamW, AdamWConfig, NamedTensors};
@@ -351,20 +351,7 @@ fn run_on<B: AutodiffBackend>(task: Task<'_>, device: &B::Device, mut group: Opt
 
     let mut metrics = Metrics::open(&recipe.output_dir)?;
     let checkpoints_dir = recipe.output_dir.join("checkpoints");
-    let adapter_config = AdapterConfig {
-        peft_type: "LORA".into(),
-        task_type: "CAUSAL_LM".into(),
-        base_model_name_or_path: prepared.model_dir.display().to_string(),
-        r: spec.r,
-        lora_alpha: spec.alpha,
-        lora_dropout: spec.dropout,
-        use_rslora: spec.use_rslora,
-        target_modules: recipe.lora.target_modules.clone(),
-        bias: "none".into(),
-        fan_in_fan_out: false,
-        inference_mode: false,
-        init_lora_weights: true,
-    };
+    let adapter_config = crate::lora::peft_io::peft_config_json(&spec, &recipe.lora.target_modules, &prepared.model_dir.display().to_string());
     let save = |state: &TrainerState, opt: &AdamW<B::InnerBackend>| -> Result<PathBuf, TrainError> {
         let ck = Checkpoint {
             state: state.clone(),
