@@ -6,7 +6,8 @@
 # carrying the next (`.xfer/p00` ... `.xfer/p08`), and is converted there by the same
 # gguf_to_hf.py (sha256 checked on both sides). Carried besides: `.xfer/work/` (gguf wheel,
 # gguf_to_hf.py, mts-sections.tar.xz = `medqlora datasets mtsamples --task sections` output)
-# and `.carry-train/medqlora.xz` (release build with --features cuda).
+# and `.carry-train/medqlora.xz` (release build with --features cuda). tools/device/pack-model.sh
+# prepares .xfer/ here.
 #   bash tools/device/clinical-eval.sh train            # model, data, training (resumes)
 #   bash tools/device/clinical-eval.sh eval synth       # base vs adapter, synthetic test split
 #   bash tools/device/clinical-eval.sh eval mts-sections [LIMIT]
