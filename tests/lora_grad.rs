@@ -9,7 +9,7 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::module::Param;
 use burn::tensor::{Distribution, Tensor};
-use common::{fixture, ids, reference};
+use common::{fixture, ids, reference, rel_l2};
 use medqlora::backend::CpuBackend;
 use medqlora::lora::LoraSpec;
 use medqlora::model::{QuantizeOnLoad, Qwen2ForCausalLM, TextConfig, WeightStore};
@@ -81,17 +81,13 @@ fn nf4_training_gradients_match_the_dense_path() {
     use medqlora::train::optim::NamedTensors;
     use medqlora::train::step::forward_backward;
 
-    fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-        let d: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
-        d / b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt().max(1e-30)
-    }
     fn grads_of<B: AutodiffBackend>(model: &Qwen2ForCausalLM<B>, batch: &Batch) -> NamedTensors<B::InnerBackend> {
         let mut g = NamedTensors::new();
         forward_backward(model, batch, 1.0 / batch.scored_tokens() as f64, true, 5, &mut g);
         g
     }
     fn flat<B: Backend>(t: &Tensor<B, 2>) -> Vec<f32> {
-        t.clone().into_data().convert::<f32>().to_vec::<f32>().unwrap()
+        common::values(&t.clone().into_data())
     }
     fn run<B: Backend>(t: common::Target<B>) {
         let dir = fixture("qwen2_tiny");

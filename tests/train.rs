@@ -29,26 +29,13 @@ fn small_recipe(dir: &Path) -> PathBuf {
     let path = dir.join("recipe.toml");
     std::fs::write(
         &path,
-        r#"
+        format!(
+            r#"
 name = "resume-test"
 output_dir = "unused"
 seed = 3
-[model]
-source = "tiny_random"
-quantize = { format = "nf4" }
-[model.tiny]
-hidden_size = 32
-intermediate_size = 64
-num_hidden_layers = 2
-num_attention_heads = 4
-num_key_value_heads = 2
-[lora]
-r = 4
-alpha = 8
-dropout = 0.1
-target_modules = ["q_proj", "v_proj", "down_proj"]
-[data]
-source = { kind = "synth", kinds = ["lab_panel"], train_per_kind = 12, eval_per_kind = 2, seed = 5 }
+{model_and_lora}[data]
+source = {{ kind = "synth", kinds = ["lab_panel"], train_per_kind = 12, eval_per_kind = 2, seed = 5 }}
 max_seq_len = 1024
 [train]
 max_steps = 20
@@ -59,6 +46,8 @@ warmup_steps = 3
 save_every = 10
 keep_last = 5
 "#,
+            model_and_lora = common::TINY_MODEL_AND_LORA
+        ),
     )
     .unwrap();
     path

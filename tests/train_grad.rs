@@ -9,7 +9,7 @@ mod common;
 use burn::backend::Autodiff;
 use burn::module::Param;
 use burn::tensor::{Tensor, TensorData};
-use common::{fixture, reference};
+use common::{fixture, rel_l2, reference, values};
 use medqlora::backend::CpuBackend;
 use medqlora::lora::LoraSpec;
 use medqlora::model::{Qwen2ForCausalLM, TextConfig, WeightStore};
@@ -65,11 +65,17 @@ fn run(model: &Qwen2ForCausalLM<AD>, batch: &Batch, checkpointing: bool) -> (f64
 }
 
 fn rel_err(a: &TensorData, b: &TensorData) -> f64 {
-    let a = a.clone().convert::<f32>().to_vec::<f32>().unwrap();
-    let b = b.clone().convert::<f32>().to_vec::<f32>().unwrap();
-    let diff: f64 = a.iter().zip(&b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
-    let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
-    diff / norm.max(1e-12)
+    rel_l2(&values(a), &values(b))
+}
+
+/// `got` holds exactly `want`'s gradients, each within relative L2 `bound` (`what` names the
+/// case in failures).
+fn assert_grads_close(got: &NamedTensors<CpuBackend>, want: &NamedTensors<CpuBackend>, bound: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: gradient count");
+    for (name, g) in want {
+        let e = rel_err(&got[name].clone().into_data(), &g.clone().into_data());
+        assert!(e < bound, "{what}: {name} relative error {e:.2e} (bound {bound:e})");
+    }
 }
 
 #[test]
@@ -106,10 +112,7 @@ fn checkpointed_recompute_draws_the_same_dropout_masks() {
     let (loss_nodrop, _) = run(&model_with_fixture_adapters(0.0).0, &batch, false);
     assert!((loss_plain - loss_nodrop).abs() > 1e-4, "dropout 0.3 must change the loss ({loss_plain} vs {loss_nodrop})");
     assert!((loss_plain - loss_ckpt).abs() < 1e-5, "{loss_plain} vs {loss_ckpt}");
-    for (name, g) in &plain {
-        let e = rel_err(&ckpt[name].clone().into_data(), &g.clone().into_data());
-        assert!(e < 1e-4, "{name}: checkpointed vs plain relative error {e:.2e}");
-    }
+    assert_grads_close(&ckpt, &plain, 1e-4, "checkpointed vs plain");
 }
 
 #[test]
@@ -125,11 +128,7 @@ fn chunked_head_gives_the_whole_head_gradients() {
         let l = forward_backward_chunked(&model, &batch, 1.0 / tokens as f64, true, 99, chunk, &mut grads);
         let loss = l.nll_sum / l.tokens as f64;
         assert!((loss - want_loss).abs() / want_loss < 1e-6, "chunk {chunk}: loss {loss} vs {want_loss}");
-        assert_eq!(grads.len(), want.len());
-        for (name, g) in &want {
-            let e = rel_err(&grads[name].clone().into_data(), &g.clone().into_data());
-            assert!(e < 1e-5, "chunk {chunk}: {name} relative error {e:.2e} vs the unchunked head");
-        }
+        assert_grads_close(&grads, &want, 1e-5, &format!("chunk {chunk} vs the unchunked head"));
     }
 }
 
@@ -153,9 +152,6 @@ fn padding_to_a_multiple_changes_no_loss_and_no_gradient() {
         let (want_loss, want) = run(&model, &batch, checkpointing);
         let (loss, got) = run(&model, &padded, checkpointing);
         assert!((loss - want_loss).abs() / want_loss < 1e-6, "checkpointing={checkpointing}: loss {loss} vs {want_loss}");
-        for (name, g) in &want {
-            let e = rel_err(&got[name].clone().into_data(), &g.clone().into_data());
-            assert!(e < 1e-5, "checkpointing={checkpointing}: {name} relative error {e:.2e} with padding");
-        }
+        assert_grads_close(&got, &want, 1e-5, &format!("checkpointing={checkpointing}, with padding"));
     }
 }

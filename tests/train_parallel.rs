@@ -7,6 +7,8 @@
 //! rounding and the trained weights to that rounding carried through a few AdamW steps.
 //! The bound, relative to each tensor's largest element, is `TOL`.
 
+mod common;
+
 use burn::backend::Autodiff;
 use medqlora::backend::CpuBackend;
 use medqlora::data::prompt::Encoded;
@@ -54,21 +56,7 @@ fn recipe(out: &Path, devices: &str) -> Recipe {
 name = "parallel-test"
 output_dir = "unused"
 seed = 11
-[model]
-source = "tiny_random"
-quantize = {{ format = "nf4" }}
-[model.tiny]
-hidden_size = 32
-intermediate_size = 64
-num_hidden_layers = 2
-num_attention_heads = 4
-num_key_value_heads = 2
-[lora]
-r = 4
-alpha = 8
-dropout = 0.1
-target_modules = ["q_proj", "v_proj", "down_proj"]
-[data]
+{model_and_lora}[data]
 source = {{ kind = "synth", kinds = ["lab_panel"], train_per_kind = 12, seed = 5 }}
 max_seq_len = 1024
 [train]
@@ -82,7 +70,8 @@ keep_last = 5
 [hardware]
 device = "cpu"
 {devices}
-"#
+"#,
+        model_and_lora = common::TINY_MODEL_AND_LORA
     );
     let mut r = Recipe::from_toml(&text, Path::new("parallel-test.toml")).unwrap();
     r.output_dir = out.to_owned();

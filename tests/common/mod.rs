@@ -114,3 +114,33 @@ pub fn metadata(path: PathBuf) -> HashMap<String, String> {
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     meta.metadata().clone().unwrap_or_default()
 }
+
+/// A tensor's values as f32.
+pub fn values(data: &TensorData) -> Vec<f32> {
+    data.clone().convert::<f32>().to_vec::<f32>().unwrap()
+}
+
+/// Relative L2 error `||a - b|| / ||b||`.
+pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let diff: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
+    diff / b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt().max(1e-30)
+}
+
+/// The `[model]` and `[lora]` tables of the trainer tests' recipes: the tiny random Qwen2
+/// (NF4), rank-4 adapters with dropout on three projections.
+pub const TINY_MODEL_AND_LORA: &str = r#"[model]
+source = "tiny_random"
+quantize = { format = "nf4" }
+[model.tiny]
+hidden_size = 32
+intermediate_size = 64
+num_hidden_layers = 2
+num_attention_heads = 4
+num_key_value_heads = 2
+[lora]
+r = 4
+alpha = 8
+dropout = 0.1
+target_modules = ["q_proj", "v_proj", "down_proj"]
+"#;
