@@ -95,3 +95,20 @@ fn apply_cubecl(settings: &GpuRuntimeSettings) -> Result<(), GpuRuntimeError> {
     CubeClRuntimeConfig::set(config);
     Ok(())
 }
+
+/// Bytes the GPU runtime holds reserved on `device` (cubecl's memory pools: what the process
+/// occupies on the card, padding and free pool pages included), or `None` on the CPU and in
+/// builds without the `cuda` feature. The pools only grow within a step, so the value at a
+/// step's end is that step's peak.
+pub fn reserved_bytes(device: crate::backend::DeviceSpec) -> Option<u64> {
+    match device {
+        crate::backend::DeviceSpec::Cpu => None,
+        #[cfg(feature = "cuda")]
+        crate::backend::DeviceSpec::Cuda(i) => {
+            use medqlora_kernels::cubecl::{cuda::CudaDevice, cuda::CudaRuntime, Runtime};
+            CudaRuntime::client(&CudaDevice::new(i)).memory_usage().ok().map(|u| u.bytes_reserved)
+        }
+        #[cfg(not(feature = "cuda"))]
+        crate::backend::DeviceSpec::Cuda(_) => None,
+    }
+}

@@ -77,6 +77,20 @@ fn smoke_recipe_trains_logs_and_checkpoints() {
     } else {
         eprintln!("SKIPPED: TensorBoard read-back (python3 has no tensorboard package; .ci/run installs it with pip)");
     }
+    // metrics.jsonl: every step's tokens and seconds, consistent with its tokens/s.
+    let metrics = std::fs::read_to_string(out_dir.join("metrics.jsonl")).unwrap();
+    let steps: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train")
+        .map(|v| v["metrics"].clone())
+        .collect();
+    assert_eq!(steps.len(), 30);
+    for m in &steps {
+        let (tokens, secs, tps) = (m["tokens"].as_f64().unwrap(), m["seconds"].as_f64().unwrap(), m["tokens_per_sec"].as_f64().unwrap());
+        assert!(tokens > 0.0 && secs > 0.0 && (tokens / secs - tps).abs() <= 1e-6 * tps, "{m}");
+        assert!(m["peak_memory_bytes"].is_null(), "no device memory figure on the CPU: {m}");
+    }
     // It learns: the last 5 steps' mean loss is well below the first 5 steps'.
     let losses: Vec<f64> = state(&ck)["losses"].as_array().unwrap().iter().map(|p| p[1].as_f64().unwrap()).collect();
     assert_eq!(losses.len(), 30);
@@ -185,6 +199,11 @@ fn recipe_errors_name_the_key() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(expect) && err.contains("edited.toml"), "expected an error naming {expect}:\n{err}");
     }
+    // `--devices` overrides the recipe's `[hardware] devices` and is validated like it.
+    std::fs::write(dir.join("edited.toml"), &good).unwrap();
+    let out = bin().arg("train").arg(dir.join("edited.toml")).args(["--devices", "0,0"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("hardware.devices") && err.contains("device 0 twice"), "{err}");
     // Bad data stops the run before training starts, naming file:line; nothing is written.
     let data = dir.join("bad.jsonl");
     std::fs::write(&data, "{\"id\": \"a\", \"doc_type\": \"lab_panel\", \"text\": \"Na 140\", \"target\": {\"sodium\": 140}}\n{not json\n").unwrap();

@@ -1,4 +1,5 @@
-//! `medqlora train RECIPE.toml [--output-dir DIR] [--resume [latest|PATH]] [--device ...]`.
+//! `medqlora train RECIPE.toml [--output-dir DIR] [--resume [latest|PATH]] [--device ...]
+//! [--devices 0,1,...]`.
 
 use crate::backend::{ComputeDtype, DeviceSpec};
 use crate::train::{train, Recipe, ResumeFrom};
@@ -22,6 +23,10 @@ pub struct TrainArgs {
     /// Overrides the recipe's `[hardware] dtype`.
     #[arg(long, value_enum)]
     pub dtype: Option<ComputeDtype>,
+    /// Overrides the recipe's `[hardware] devices` (data parallelism), e.g. `--devices 0,1`;
+    /// rank 0 runs on the first.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Option<Vec<usize>>,
     /// Overrides the recipe's `[train] max_steps`.
     #[arg(long)]
     pub max_steps: Option<usize>,
@@ -38,6 +43,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     if let Some(d) = args.dtype {
         recipe.hardware.dtype = d;
+    }
+    if let Some(d) = args.devices {
+        recipe.hardware.devices = Some(d);
     }
     if let Some(s) = args.max_steps {
         recipe.train.max_steps = s;

@@ -30,7 +30,12 @@ pub struct StepMetrics {
     pub tokens_per_sec: f64,
     /// Scored (assistant) tokens in the step.
     pub scored_tokens: usize,
-    /// Device memory in use, bytes, when the backend reports it.
+    /// Tokens the step ran (padding included).
+    pub tokens: usize,
+    /// Wall-clock seconds of the step (forward, backward, reduction, update).
+    pub seconds: f64,
+    /// GPU memory the runtime holds reserved at the step's end, bytes (rank 0's device;
+    /// `None` on the CPU).
     pub peak_memory_bytes: Option<u64>,
 }
 

@@ -24,6 +24,7 @@
 
 mod reduce;
 mod shard;
+mod watch;
 
 #[cfg(feature = "cuda")]
 mod nccl;
@@ -32,6 +33,7 @@ mod nccl;
 pub use nccl::NcclReducer;
 pub use reduce::{GradReducer, HostReducer, ReduceError};
 pub use shard::{Sharding, ShardError, StepBatches};
+pub use watch::{Phase, Phases};
 
 use super::batches::{Batcher, DataCursor, Padding};
 use super::optim::NamedTensors;
@@ -228,6 +230,10 @@ pub struct Group<'scope, B: AutodiffBackend> {
     settings: MicroSettings,
     reducer: Box<dyn GradReducer<B::InnerBackend>>,
     workers: Vec<Worker<'scope, B::InnerBackend>>,
+    phases: Phases,
+    /// Dropped to stop the watchdog.
+    stop_watchdog: Option<Sender<()>>,
+    watchdog: Option<ScopedJoinHandle<'scope, ()>>,
 }
 
 impl<'scope, B: AutodiffBackend> Group<'scope, B> {
@@ -248,15 +254,31 @@ impl<'scope, B: AutodiffBackend> Group<'scope, B> {
         let Some(reducer) = reducers.next() else {
             return Err(ParallelError::GroupSize { devices: 0, reducers: 0 });
         };
+        let phases = Phases::new(devices.len());
+        phases.set(0, Phase::Idle, 0);
         let mut workers = Vec::new();
         for (device, reducer) in devices.into_iter().skip(1).zip(reducers) {
             let rank = reducer.rank();
             let (orders, order_rx) = channel();
             let (reply_tx, replies) = channel();
-            let handle = scope.spawn(move || rank_loop::<B>(rank, device, build, data, sharding, reducer, order_rx, reply_tx));
+            let rank_phases = phases.clone();
+            let handle = scope.spawn(move || {
+                rank_loop::<B>(rank, device, build, data, sharding, reducer, order_rx, reply_tx, &rank_phases)
+            });
             workers.push(Worker { rank, orders: Some(orders), replies, handle: Some(handle) });
         }
-        Ok(Self { sharding, settings: data.settings, reducer, workers })
+        let (stop_watchdog, stop) = channel();
+        let watched = phases.clone();
+        let watchdog = scope.spawn(move || watch::watch(&watched, &stop, watch::STALL_REPORT_EVERY));
+        Ok(Self {
+            sharding,
+            settings: data.settings,
+            reducer,
+            workers,
+            phases,
+            stop_watchdog: Some(stop_watchdog),
+            watchdog: Some(watchdog),
+        })
     }
 
     /// Ranks in the group, rank 0 included.
@@ -292,7 +314,9 @@ impl<'scope, B: AutodiffBackend> Group<'scope, B> {
                 return Err(self.why_stopped(w.rank));
             }
         }
+        self.phases.set(0, Phase::Computing, step);
         let (mut grads, mut nll) = accumulate(model, plan, self.sharding.micro_batches(0), step, self.settings);
+        self.phases.set(0, Phase::Reducing, step);
         let grads = if plan.scored_tokens() > 0 {
             fill_missing(&mut grads, master);
             match self.reducer.reduce_sum(grads) {
@@ -306,6 +330,7 @@ impl<'scope, B: AutodiffBackend> Group<'scope, B> {
             // knows): nobody reduces, as one device would update nothing.
             grads
         };
+        self.phases.set(0, Phase::Idle, step);
         for w in &self.workers {
             match w.replies.recv() {
                 Ok(Ok(Reply::Done(theirs))) => nll.extend(theirs),
@@ -330,6 +355,10 @@ impl<B: AutodiffBackend> Drop for Group<'_, B> {
     /// Closes the order channels (each rank's loop ends) and joins the threads. A rank that
     /// panicked has already failed the step that was waiting for it.
     fn drop(&mut self) {
+        self.stop_watchdog = None;
+        if let Some(h) = self.watchdog.take() {
+            let _ = h.join();
+        }
         for w in &mut self.workers {
             w.orders = None;
         }
@@ -361,7 +390,9 @@ fn rank_loop<B: AutodiffBackend>(
     mut reducer: Box<dyn GradReducer<B::InnerBackend>>,
     orders: Receiver<Order<B::InnerBackend>>,
     replies: Sender<Result<Reply, TrainError>>,
+    phases: &Phases,
 ) {
+    phases.set(rank, Phase::Building, 0);
     let mut model = match build(&device) {
         Ok(m) => m,
         Err(e) => {
@@ -373,17 +404,22 @@ fn rank_loop<B: AutodiffBackend>(
         return;
     }
     let mut batcher = Batcher::new(data.train, data.micro_batch_size, data.settings.seed, data.padding);
+    phases.set(rank, Phase::Idle, 0);
     while let Ok(order) = orders.recv() {
+        phases.set(rank, Phase::LoadingMasters, order.step);
         let master: NamedTensors<B::InnerBackend> = order.master.into_iter().map(|(k, t)| (k, t.to_device(&device))).collect();
         load_into_model(&mut model, &master);
         let plan = StepBatches::take(&mut batcher, order.start, data.grad_accum);
+        phases.set(rank, Phase::Computing, order.step);
         let (mut grads, nll) = accumulate(&model, &plan, sharding.micro_batches(rank), order.step, data.settings);
+        phases.set(rank, Phase::Reducing, order.step);
         let summed = if plan.scored_tokens() > 0 {
             fill_missing(&mut grads, &master);
             reducer.reduce_sum(grads).map(|_| ()).map_err(|e| TrainError::from(ParallelError::from(e)))
         } else {
             Ok(())
         };
+        phases.set(rank, Phase::Idle, order.step);
         let failed = summed.is_err();
         if replies.send(summed.map(|()| Reply::Done(nll))).is_err() || failed {
             return;

@@ -420,7 +420,9 @@ fn run_on<B: AutodiffBackend>(task: Task<'_>, device: &B::Device, mut group: Opt
             grad_norm,
             tokens_per_sec: seen as f64 / secs.max(1e-9),
             scored_tokens: scored,
-            peak_memory_bytes: None,
+            tokens: seen,
+            seconds: secs,
+            peak_memory_bytes: crate::gpu_runtime::reserved_bytes(recipe.hardware.device),
         };
         metrics.step(&m);
         bar.set_position(state.step as u64);

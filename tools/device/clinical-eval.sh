@@ -8,7 +8,9 @@
 # gguf_to_hf.py, mts-sections.tar.xz = `medqlora datasets mtsamples --task sections` output)
 # and `.carry-train/medqlora.xz` (release build with --features cuda). tools/device/pack-model.sh
 # prepares .xfer/ here.
-#   bash tools/device/clinical-eval.sh train            # model, data, training (resumes)
+#   bash tools/device/clinical-eval.sh train [SECS] [DEVICES]   # model, data, training (resumes);
+#                                                   # DEVICES e.g. 0,1: data parallel over NCCL
+#   bash tools/device/clinical-eval.sh scaling STEPS    # same recipe, STEPS steps on 1 then 2 GPUs
 #   bash tools/device/clinical-eval.sh eval synth       # base vs adapter, synthetic test split
 #   bash tools/device/clinical-eval.sh eval mts-sections [LIMIT]
 # Kernels compiled and tuned in one call are kept in .kcache for the next (--kernel-cache).
@@ -40,16 +42,54 @@ if [ ! -f data/clinical/train.jsonl ]; then
 fi
 
 pack() {  # what comes back: one archive of the run's small files, and the kernel cache
-  tar cJf "$OUT/clinical.tar.xz" $(ls -d $run/metrics.jsonl $run/train.log runs/eval/*/report.* 2>/dev/null)
+  tar cJf "$OUT/clinical.tar.xz" $(ls -d $run/metrics.jsonl $run/train.log runs/eval/*/report.* runs/scale-*/metrics.jsonl 2>/dev/null)
+  # The adapter comes back in 15 MiB pieces (16 MiB per returned file): cat adapter.st.* to rejoin.
+  if [ -f $run/adapter/adapter_model.safetensors ]; then
+    split -b 15M -d $run/adapter/adapter_model.safetensors "$OUT/adapter.st." && cp $run/adapter/adapter_config.json "$OUT/"
+  fi
   tar cJf /tmp/kcache.tar.xz .kcache 2>/dev/null && [ $(stat -c %s /tmp/kcache.tar.xz) -lt 16000000 ] && cp /tmp/kcache.tar.xz "$OUT/"
 }
 
+# NCCL for data parallelism: the image's PyTorch wheel ships libnccl.so.2, which cudarc looks
+# up as libnccl.so; NVLink multicast stays off (KINDS.md).
+nccl_env() {
+  local lib; lib=$(find "$(python3 -c 'import site; print(site.getsitepackages()[0])')/nvidia" -name 'libnccl.so*' | head -1)
+  [ -n "$lib" ] || { echo "no libnccl.so.2 in the Python packages"; return 1; }
+  mkdir -p /tmp/ncclib && ln -sf "$lib" /tmp/ncclib/libnccl.so
+  export LD_LIBRARY_PATH=/tmp/ncclib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} NCCL_NVLS_ENABLE=0
+  echo "NCCL: $lib"
+}
+
 case "${1:-}" in
+  scaling)
+    nccl_env || exit 1
+    steps=${2:-12}
+    for devs in 0 0,1; do
+      d=runs/scale-${devs//,/}; rm -rf $d
+      timeout 280 $M train recipes/qwen2.5-0.5b-clinical-full.toml --output-dir $d --max-steps $steps --devices $devs 2>&1 | grep -v "^\s*$" | tail -4
+    done
+    # Throughput of steps 3.. (the first steps meet new shapes); same data, same steps.
+    python3 - <<'PY'
+import json
+rows = []
+for devs in ["0", "01"]:
+    try:
+        m = [json.loads(l) for l in open(f"runs/scale-{devs}/metrics.jsonl") if '"tokens"' in l]
+    except FileNotFoundError:
+        print(f"{devs}: no metrics"); continue
+    m = [r for r in m if r["step"] >= 3]
+    tok, sec = sum(r["tokens"] for r in m), sum(r["seconds"] for r in m)
+    rows.append((len(devs), tok / sec if sec else 0.0, len(m)))
+for n, tps, k in rows:
+    print(f"| {n} GPU{'s' if n > 1 else ''} | {tps:,.0f} tok/s | {tps / rows[0][1]:.2f}x | steps 3..{k + 2} |")
+PY
+    ;;
   train)
     resume=""; ls -d $run/checkpoints/step-* >/dev/null 2>&1 && resume="--resume latest"
     mkdir -p $run
     # SIGINT before the call's limit: the trainer checkpoints and exits 0; the next call resumes.
-    timeout -s INT ${2:-500} $M train recipes/qwen2.5-0.5b-clinical-full.toml $resume 2>&1 | tee -a $run/train.log | grep -v "^\s*$" | tail -40
+    devices=""; [ -n "${3:-}" ] && { nccl_env || exit 1; devices="--devices $3"; }
+    timeout -k 30 -s INT ${2:-500} $M train recipes/qwen2.5-0.5b-clinical-full.toml $resume $devices 2>&1 | tee -a $run/train.log | grep -v "^\s*$" | tail -40
     ;;
   eval)
     set_=${2:?synth or mts-sections}; limit=${3:+--limit $3}
@@ -58,6 +98,6 @@ case "${1:-}" in
     $E --adapter $run/adapter --out runs/eval/$set_-adapter --compare runs/eval/$set_-base/report.json 2>&1 | tail -8
     cat runs/eval/$set_-adapter/report.md | head -60
     ;;
-  *) echo "usage: clinical-eval.sh train [SECONDS] | eval synth|mts-sections [LIMIT]"; exit 2 ;;
+  *) echo "usage: clinical-eval.sh train [SECONDS] [DEVICES] | scaling STEPS | eval synth|mts-sections [LIMIT]"; exit 2 ;;
 esac
 pack
