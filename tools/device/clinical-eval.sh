@@ -13,11 +13,15 @@
 #   bash tools/device/clinical-eval.sh scaling STEPS    # same recipe, STEPS steps on 1 then 2 GPUs
 #   bash tools/device/clinical-eval.sh eval synth       # base vs adapter, synthetic test split
 #   bash tools/device/clinical-eval.sh eval mts-sections [LIMIT]
-# Kernels compiled and tuned in one call are kept in .kcache for the next (--kernel-cache).
+#   bash tools/device/clinical-eval.sh kcache           # return the kernel cache (tools/device/kcache.sh)
+# Kernels compiled and tuned in one call are kept in .kcache for the next (--kernel-cache);
+# carrying .kcache-carry/ brings back one from an earlier session.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 bin=/tmp/mq/medqlora
 if [ ! -x $bin ]; then mkdir -p /tmp/mq && xz -dc .carry-train/medqlora.xz > $bin && chmod +x $bin || exit 1; fi
+source "$(dirname "$0")/kcache.sh"
+kcache_restore
 M="$bin --kernel-cache $PWD/.kcache --autotune minimal"
 model=models/qwen2.5-0.5b
 run=runs/qwen2.5-0.5b-clinical-full
@@ -41,26 +45,18 @@ if [ ! -f data/clinical/train.jsonl ]; then
   wc -l data/*/*.jsonl
 fi
 
-pack() {  # what comes back: one archive of the run's small files, and the kernel cache
+pack() {  # what comes back: one archive of the run's small files and the adapter
   tar cJf "$OUT/clinical.tar.xz" $(ls -d $run/metrics.jsonl $run/train.log runs/eval/*/report.* runs/scale-*/metrics.jsonl 2>/dev/null)
   # The adapter comes back in 15 MiB pieces (16 MiB per returned file): cat adapter.st.* to rejoin.
   if [ -f $run/adapter/adapter_model.safetensors ]; then
     split -b 15M -d $run/adapter/adapter_model.safetensors "$OUT/adapter.st." && cp $run/adapter/adapter_config.json "$OUT/"
   fi
-  tar cJf /tmp/kcache.tar.xz .kcache 2>/dev/null && [ $(stat -c %s /tmp/kcache.tar.xz) -lt 16000000 ] && cp /tmp/kcache.tar.xz "$OUT/"
 }
 
-# NCCL for data parallelism: the image's PyTorch wheel ships libnccl.so.2, which cudarc looks
-# up as libnccl.so; NVLink multicast stays off (KINDS.md).
-nccl_env() {
-  local lib; lib=$(find "$(python3 -c 'import site; print(site.getsitepackages()[0])')/nvidia" -name 'libnccl.so*' | head -1)
-  [ -n "$lib" ] || { echo "no libnccl.so.2 in the Python packages"; return 1; }
-  mkdir -p /tmp/ncclib && ln -sf "$lib" /tmp/ncclib/libnccl.so
-  export LD_LIBRARY_PATH=/tmp/ncclib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} NCCL_NVLS_ENABLE=0
-  echo "NCCL: $lib"
-}
+source "$(dirname "$0")/nccl-env.sh"
 
 case "${1:-}" in
+  kcache) kcache_pack 4; exit 0 ;;
   scaling)
     nccl_env || exit 1
     steps=${2:-12}
@@ -98,6 +94,6 @@ PY
     $E --adapter $run/adapter --out runs/eval/$set_-adapter --compare runs/eval/$set_-base/report.json 2>&1 | tail -8
     cat runs/eval/$set_-adapter/report.md | head -60
     ;;
-  *) echo "usage: clinical-eval.sh train [SECONDS] [DEVICES] | scaling STEPS | eval synth|mts-sections [LIMIT]"; exit 2 ;;
+  *) echo "usage: clinical-eval.sh train [SECONDS] [DEVICES] | scaling STEPS | eval synth|mts-sections [LIMIT] | kcache"; exit 2 ;;
 esac
 pack

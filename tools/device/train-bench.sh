@@ -10,6 +10,8 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 who=${1:?mq or py}; shift
+source "$(dirname "$0")/kcache.sh"
+kcache_restore
 if [ "$who" = mq ]; then
   bin=/tmp/mq/medqlora
   [ -x $bin ] || { mkdir -p /tmp/mq && xz -dc .carry-train/medqlora.xz > $bin && chmod +x $bin; } || exit 1
