@@ -5,7 +5,7 @@
 //! One optimizer step:
 //! 1. Rank 0 sends every other rank an [`Order`]: the step number, the data cursor at the
 //!    start of the step and the current f32 adapter masters, which the rank copies into its
-//!    own model (a device-to-device copy; the masters and AdamW moments live on rank 0 only).
+//!    own model (through host memory; the masters and AdamW moments live on rank 0 only).
 //! 2. Every rank takes the step's micro-batches from the cursor ([`StepBatches`]), so it knows
 //!    the step's scored-token count, and runs its contiguous share ([`Sharding`]) with the
 //!    single-device loss scale `1 / scored` and the single-device dropout seed of each
@@ -23,6 +23,9 @@
 //! micro-batch's forward/backward ([`rng_section`]); without dropout they run concurrently.
 
 mod reduce;
+// Used by the NCCL reducer; built (and unit-tested) on the CPU too.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+mod rendezvous;
 mod shard;
 mod watch;
 
@@ -45,6 +48,7 @@ use crate::data::prompt::Encoded;
 use crate::model::Qwen2ForCausalLM;
 use burn::backend::Autodiff;
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::Tensor;
 use std::ops::Range;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Mutex, MutexGuard};
@@ -407,7 +411,12 @@ fn rank_loop<B: AutodiffBackend>(
     phases.set(rank, Phase::Idle, 0);
     while let Ok(order) = orders.recv() {
         phases.set(rank, Phase::LoadingMasters, order.step);
-        let master: NamedTensors<B::InnerBackend> = order.master.into_iter().map(|(k, t)| (k, t.to_device(&device))).collect();
+        // Through host memory, not `to_device`: with burn-cubecl's `distributed` feature a
+        // cross-GPU `to_device` is an NCCL send/recv on the all-reduce's communicator, issued
+        // from this thread into rank 0's queue while rank 0 computes (see `rendezvous`). The
+        // masters are a few MB to a few hundred MB; the copy happens once per step.
+        let master: NamedTensors<B::InnerBackend> =
+            order.master.into_iter().map(|(k, t)| (k, Tensor::from_data(t.into_data(), &device))).collect();
         load_into_model(&mut model, &master);
         let plan = StepBatches::take(&mut batcher, order.start, data.grad_accum);
         phases.set(rank, Phase::Computing, order.step);
