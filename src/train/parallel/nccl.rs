@@ -11,9 +11,9 @@
 //!
 //! Not yet seen working on several GPUs: the one run on two H200s finished no optimizer step
 //! within 270 s after step 0's evaluation (README, "Several GPUs"); the protocol around it is
-//! the one the CPU test checks with [`super::HostReducer`]. Note that with burn-cubecl's
-//! `distributed` feature every cross-GPU `to_device` (the masters sent to ranks 1..) is an NCCL
-//! send/recv on the same communicator as this all-reduce.
+//! the one the CPU test checks with [`super::HostReducer`]. With burn-cubecl's `distributed`
+//! feature every cross-GPU `to_device` is an NCCL send/recv on the same communicator as this
+//! all-reduce, which is why the masters reach ranks 1.. through host memory instead.
 
 use super::reduce::{GradReducer, ReduceError};
 use super::rendezvous::Rendezvous;
