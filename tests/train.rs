@@ -78,13 +78,7 @@ fn smoke_recipe_trains_logs_and_checkpoints() {
         eprintln!("SKIPPED: TensorBoard read-back (python3 has no tensorboard package; .ci/run installs it with pip)");
     }
     // metrics.jsonl: every step's tokens and seconds, consistent with its tokens/s.
-    let metrics = std::fs::read_to_string(out_dir.join("metrics.jsonl")).unwrap();
-    let steps: Vec<serde_json::Value> = metrics
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "train")
-        .map(|v| v["metrics"].clone())
-        .collect();
+    let steps = common::logged_steps(&out_dir);
     assert_eq!(steps.len(), 30);
     for m in &steps {
         let (tokens, secs, tps) = (m["tokens"].as_f64().unwrap(), m["seconds"].as_f64().unwrap(), m["tokens_per_sec"].as_f64().unwrap());

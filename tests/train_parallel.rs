@@ -103,13 +103,7 @@ fn adapter(dir: &Path) -> BTreeMap<String, Vec<f32>> {
 /// `(loss, grad_norm)` of every step from `metrics.jsonl`. The gradient norm is what tells a
 /// wrong sum (a mean would halve it) from a right one: AdamW hardly sees a scale.
 fn logged(out: &Path) -> Vec<(f64, f64)> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "train")
-        .map(|v| (v["metrics"]["loss"].as_f64().unwrap(), v["metrics"]["grad_norm"].as_f64().unwrap()))
-        .collect()
+    common::logged_steps(out).iter().map(|m| (m["loss"].as_f64().unwrap(), m["grad_norm"].as_f64().unwrap())).collect()
 }
 
 fn losses(ckpt: &Path) -> Vec<f64> {

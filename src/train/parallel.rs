@@ -36,9 +36,9 @@ mod nccl;
 pub use nccl::NcclReducer;
 pub use reduce::{GradReducer, HostReducer, ReduceError};
 pub use shard::{Sharding, ShardError, StepBatches};
-pub use watch::{Phase, Phases};
 
 use super::batches::{Batcher, DataCursor, Padding};
+use watch::{Phase, Phases};
 use super::optim::NamedTensors;
 use super::recipe::{HardwareRecipe, Recipe};
 use super::run::{load_into_model, TrainError};

@@ -4,7 +4,7 @@
 
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The checkout's root: where cargo built the test, or the working directory when a test
 /// binary built elsewhere is run from a copy of the checkout (the GPU device does that).
@@ -144,3 +144,14 @@ alpha = 8
 dropout = 0.1
 target_modules = ["q_proj", "v_proj", "down_proj"]
 "#;
+
+/// The `metrics` object of every training step a run logged in `<run>/metrics.jsonl`.
+pub fn logged_steps(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train")
+        .map(|v| v["metrics"].clone())
+        .collect()
+}

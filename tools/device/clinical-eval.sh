@@ -64,21 +64,7 @@ case "${1:-}" in
       d=runs/scale-${devs//,/}; rm -rf $d
       timeout 280 $M train recipes/qwen2.5-0.5b-clinical-full.toml --output-dir $d --max-steps $steps --devices $devs 2>&1 | grep -v "^\s*$" | tail -4
     done
-    # Throughput of steps 3.. (the first steps meet new shapes); same data, same steps.
-    python3 - <<'PY'
-import json
-rows = []
-for devs in ["0", "01"]:
-    try:
-        m = [json.loads(l) for l in open(f"runs/scale-{devs}/metrics.jsonl") if '"tokens"' in l]
-    except FileNotFoundError:
-        print(f"{devs}: no metrics"); continue
-    m = [r for r in m if r["step"] >= 3]
-    tok, sec = sum(r["tokens"] for r in m), sum(r["seconds"] for r in m)
-    rows.append((len(devs), tok / sec if sec else 0.0, len(m)))
-for n, tps, k in rows:
-    print(f"| {n} GPU{'s' if n > 1 else ''} | {tps:,.0f} tok/s | {tps / rows[0][1]:.2f}x | steps 3..{k + 2} |")
-PY
+    python3 tools/device/steps_summary.py "1 GPU=runs/scale-0" "2 GPUs=runs/scale-01"
     ;;
   train)
     resume=""; ls -d $run/checkpoints/step-* >/dev/null 2>&1 && resume="--resume latest"

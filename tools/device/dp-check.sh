@@ -24,21 +24,5 @@ for d in 0 "$devs"; do
   echo "devices $d: rc ${PIPESTATUS[0]}, $(( $(date +%s) - t0 )) s"
   cp $out/metrics.jsonl "$OUT/metrics-${d//,/}.jsonl" 2>/dev/null
 done
-# Same data, same steps: the losses must agree (reduction-order rounding), and steps 3.. give
-# the throughput once the shapes are compiled.
-python3 - "$devs" <<'PY'
-import json, sys
-def load(d):
-    try:
-        return [json.loads(l)["metrics"] for l in open(f"/tmp/tdp-{d.replace(',', '')}/metrics.jsonl") if '"train"' in l]
-    except FileNotFoundError:
-        return []
-one, many = load("0"), load(sys.argv[1])
-for name, m in (("1 GPU", one), (f"{sys.argv[1].count(',') + 1} GPUs", many)):
-    late = [r for r in m if r["step"] >= 3]
-    tps = sum(r["tokens"] for r in late) / max(sum(r["seconds"] for r in late), 1e-9)
-    print(f"{name}: {len(m)} steps, losses {[round(r['loss'], 4) for r in m]}, {tps:,.0f} tok/s over steps 3..")
-if one and many:
-    d = max(abs(a["loss"] - b["loss"]) / abs(a["loss"]) for a, b in zip(one, many))
-    print(f"largest relative loss difference 1 vs N GPUs: {d:.2e}")
-PY
+# Same data, same steps: the losses must agree (reduction-order rounding).
+python3 tools/device/steps_summary.py "1 GPU=/tmp/tdp-0" "$n GPUs=/tmp/tdp-${devs//,/}"
