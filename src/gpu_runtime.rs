@@ -96,19 +96,34 @@ fn apply_cubecl(settings: &GpuRuntimeSettings) -> Result<(), GpuRuntimeError> {
     Ok(())
 }
 
-/// Bytes the GPU runtime holds reserved on `device` (cubecl's memory pools: what the process
-/// occupies on the card, padding and free pool pages included), or `None` on the CPU and in
-/// builds without the `cuda` feature. The pools only grow within a step, so the value at a
-/// step's end is that step's peak.
-pub fn reserved_bytes(device: crate::backend::DeviceSpec) -> Option<u64> {
+/// What the GPU runtime's memory pools hold on one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpuMemory {
+    /// Bytes of live tensors (what a `max_memory_allocated` counts).
+    pub in_use: u64,
+    /// Bytes the pools have taken from the card: live tensors, padding and free pool pages.
+    pub reserved: u64,
+}
+
+/// The pools of `device` now, or `None` on the CPU and in builds without the `cuda` feature.
+/// The pools only grow within a step, so `reserved` at a step's end is that step's peak.
+pub fn memory(device: crate::backend::DeviceSpec) -> Option<GpuMemory> {
     match device {
         crate::backend::DeviceSpec::Cpu => None,
         #[cfg(feature = "cuda")]
         crate::backend::DeviceSpec::Cuda(i) => {
             use medqlora_kernels::cubecl::{cuda::CudaDevice, cuda::CudaRuntime, Runtime};
-            CudaRuntime::client(&CudaDevice::new(i)).memory_usage().ok().map(|u| u.bytes_reserved)
+            CudaRuntime::client(&CudaDevice::new(i))
+                .memory_usage()
+                .ok()
+                .map(|u| GpuMemory { in_use: u.bytes_in_use, reserved: u.bytes_reserved })
         }
         #[cfg(not(feature = "cuda"))]
         crate::backend::DeviceSpec::Cuda(_) => None,
     }
+}
+
+/// Bytes the GPU runtime holds reserved on `device` ([`GpuMemory::reserved`]).
+pub fn reserved_bytes(device: crate::backend::DeviceSpec) -> Option<u64> {
+    memory(device).map(|m| m.reserved)
 }

@@ -95,6 +95,31 @@ fn kv_cache_decoding_equals_full_recompute() {
     on_every_backend!(run);
 }
 
+/// A sequence longer than one attention query block (512 rows) goes through the blocked path
+/// when it attends to itself; chunks of at most one block after a cache prefix do not. Both
+/// must give the same next-token logits.
+#[test]
+fn long_sequences_in_query_blocks_equal_short_cached_chunks() {
+    fn run<B: Backend>(t: Target<B>) {
+        let model = load::<B>("qwen2_tiny", &t.device);
+        let (s, vocab) = (700usize, model.config.vocab_size as i64);
+        let tokens: Vec<i64> = (0..s as i64).map(|i| (i * 7919 + 13) % vocab).collect();
+        let all = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [1, s]), &t.device);
+        assert!(s > medqlora::model::attention::QUERY_BLOCK, "the test needs the blocked path");
+        let full = model.forward(all.clone(), false).logits;
+        let mut cache = model.new_cache();
+        let mut start = 0;
+        for chunk in [400, 300] {
+            let last = model.forward_cached(all.clone().narrow(1, start, chunk), &mut cache);
+            start += chunk;
+            let want = full.clone().narrow(1, start - 1, 1).reshape([1, model.config.vocab_size]);
+            let err = max_abs_diff(&last.into_data(), &want.into_data());
+            assert!(err <= t.logits_tol, "{}: cached chunk ending at {start} differs from the blocked forward by {err}", t.name);
+        }
+    }
+    on_every_backend!(run);
+}
+
 #[test]
 fn loader_names_the_bad_tensor() {
     let src = fixture("qwen2_tiny");

@@ -34,6 +34,10 @@ model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentran
 model.enable_input_require_grads()
 model = get_peft_model(model, LoraConfig(r=a.r, lora_alpha=a.alpha, lora_dropout=0.05, task_type="CAUSAL_LM",
     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+# from_pretrained returns the model in eval mode, where transformers skips gradient
+# checkpointing (it applies only `if self.gradient_checkpointing and self.training`) and
+# dropout: without train() the run keeps every layer's activations.
+model.train()
 opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
 vocab = model.config.vocab_size
 g = torch.Generator().manual_seed(0)
@@ -49,5 +53,6 @@ for step in range(a.warmup + a.steps):
         times.append(time.time() - t)
 tok_s = a.batch * a.seq * len(times) / sum(times)
 peak = torch.cuda.max_memory_allocated() / 1e9
+reserved = torch.cuda.max_memory_reserved() / 1e9
 print(f"transformers+bnb+peft qlora{'' if not a.no_nf4 else ' (bf16 base)'}: seq {a.seq} bs {a.batch} r {a.r}: "
-      f"{tok_s:.0f} tok/s, peak allocated {peak:.2f} GB")
+      f"{tok_s:.0f} tok/s, peak allocated {peak:.2f} GB, peak reserved {reserved:.2f} GB")

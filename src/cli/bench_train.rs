@@ -63,6 +63,13 @@ impl AutodiffTask for Task {
         let vocab = model.config.vocab_size as i64;
         let params: NamedTensors<B::InnerBackend> = trainable(&model).into_iter().map(|(k, v)| (k, v.inner())).collect();
         let mut opt = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }, params);
+        // Where the memory goes (GPU): the frozen base + adapters + AdamW state before any step,
+        // then what the step adds (activations, gradients, pool pages kept for reuse).
+        let gb = |m: Option<crate::gpu_runtime::GpuMemory>| {
+            m.map(|m| format!("in use {:.2} GB, reserved {:.2} GB", m.in_use as f64 / 1e9, m.reserved as f64 / 1e9))
+                .unwrap_or_else(|| "n/a (CPU)".into())
+        };
+        eprintln!("memory before the first step: {}", gb(crate::gpu_runtime::memory(a.device.device)));
         let n = a.batch * a.seq;
         // Random tokens (fixed LCG), loss on every position, as the Python script does.
         let mut x = 12345u64;
@@ -84,20 +91,28 @@ impl AutodiffTask for Task {
             let start = Instant::now();
             let mut grads = NamedTensors::new();
             let l = forward_backward(&model, &batch, 1.0 / batch.scored_tokens() as f64, !a.no_checkpointing, step as u64, &mut grads);
+            let after_backward = crate::gpu_runtime::memory(a.device.device);
             clip_global_norm(&mut grads, 1.0);
             opt.step(grads, 2e-4);
             load_into_model(&mut model, &opt.master);
             // The step ends when the updated weights exist on the device.
             let _ = opt.master.values().next().map(|t| t.clone().slice([0..1, 0..1]).into_data());
             let secs = start.elapsed().as_secs_f64();
-            eprintln!("step {step}: loss {:.4}, {:.2}s", l.nll_sum / l.tokens as f64, secs);
+            eprintln!(
+                "step {step}: loss {:.4}, {:.2}s; memory after backward: {}; after the update: {}",
+                l.nll_sum / l.tokens as f64,
+                secs,
+                gb(after_backward),
+                gb(crate::gpu_runtime::memory(a.device.device))
+            );
             if step >= a.warmup {
                 times.push(secs);
             }
         }
         let tok_s = (n * times.len()) as f64 / times.iter().sum::<f64>();
+        let reserved = crate::gpu_runtime::memory(a.device.device).map(|m| format!(" | reserved {:.2} GB", m.reserved as f64 / 1e9));
         println!(
-            "bench train | {} | {} {:?} {:?} | seq {} bs {} r {} checkpointing {} | trainable {:.1}M | {:.0} tok/s (mean of {} steps)",
+            "bench train | {} | {} {:?} {:?} | seq {} bs {} r {} checkpointing {} | trainable {:.1}M | {:.0} tok/s (mean of {} steps){}",
             a.model.display(),
             a.device.device,
             a.device.dtype,
@@ -108,7 +123,8 @@ impl AutodiffTask for Task {
             !a.no_checkpointing,
             trainable_params as f64 / 1e6,
             tok_s,
-            times.len()
+            times.len(),
+            reserved.unwrap_or_default()
         );
         Ok(())
     }

@@ -1,6 +1,15 @@
 //! Grouped-query self-attention, transformers `models/qwen2/modeling_qwen2.py::Qwen2Attention`
 //! with `eager_attention_forward` (scores scaled by `head_dim^-0.5`, additive mask, softmax in
 //! f32, then back to the compute dtype).
+//!
+//! Long queries are taken [`QUERY_BLOCK`] rows at a time (the block structure of
+//! FlashAttention, at the granularity of Burn ops): the mask is always causal, so queries
+//! `r0..r1` read only the keys `0..seen + r1`. For a sequence attending to itself this skips
+//! the upper triangle, which eager attention computes and then masks (about half of the
+//! score work), and the largest tensors, the f32 scores and the probabilities that autodiff
+//! keeps for the backward, shrink to one block's rows and the keys it reads (the sum over
+//! blocks is about half of the `[heads, seq, seq]` of eager attention). Every row's
+//! softmax sees the same unmasked scores as before, so the result is the eager one.
 
 use super::kv_cache::KvCache;
 use super::linear::Linear;
@@ -55,18 +64,126 @@ impl<B: Backend> Attention<B> {
             Some((cache, layer)) => cache.append(layer, k, v),
             None => (k, v),
         };
-        let t = k.dims()[2];
-        let rep = h / kvh;
         // Query head i reads kv head i / rep (transformers' repeat_kv): group the queries of one
         // kv head along the sequence axis instead of copying K and V `rep` times.
-        let q = q.reshape([b, kvh, rep * s, d]);
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar((d as f64).powf(-0.5));
-        let dtype = scores.dtype();
-        let scores = scores.cast(DType::F32).reshape([b, kvh, rep, s, t]);
-        let mask = inputs.mask.clone().expand([b, kvh, rep, s, t]);
-        let scores = scores.mask_fill(mask, f32::NEG_INFINITY);
-        let probs = softmax(scores, 4).cast(dtype).reshape([b, kvh, rep * s, t]);
-        let out = probs.matmul(v).reshape([b, h, s, d]).swap_dims(1, 2).reshape([b, s, h * d]);
-        self.o_proj.forward(out)
+        let q = q.reshape([b, kvh, h / kvh, s, d]);
+        let out = attend_causal(q, k, v, inputs.mask, QUERY_BLOCK);
+        self.o_proj.forward(out.reshape([b, h, s, d]).swap_dims(1, 2).reshape([b, s, h * d]))
+    }
+}
+
+/// Query rows per block of [`attend_causal`] in the model's attention.
+pub const QUERY_BLOCK: usize = 512;
+
+/// Softmax attention of grouped queries, `block` query rows at a time.
+/// `q: [b, kv_heads, rep, s, d]` (query head `kv * rep + r` at `[_, kv, r]`), `k, v:
+/// [b, kv_heads, seen + s, d]`, `mask: [b or 1, 1, 1, s, seen + s]`, `true` = hidden, causal
+/// (a query never sees a later position) -> `[b, kv_heads, rep, s, d]`.
+pub fn attend_causal<B: Backend>(q: Tensor<B, 5>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: &Tensor<B, 5, Bool>, block: usize) -> Tensor<B, 5> {
+    let [_, _, _, s, _] = q.dims();
+    let t = k.dims()[2];
+    let seen = t - s;
+    if s <= block {
+        return attend(q, k, v, mask.clone());
+    }
+    let outs: Vec<Tensor<B, 5>> = (0..s)
+        .step_by(block.max(1))
+        .map(|r0| {
+            let r1 = (r0 + block).min(s);
+            let keys = seen + r1;
+            let m = mask.clone().narrow(3, r0, r1 - r0).narrow(4, 0, keys);
+            attend(q.clone().narrow(3, r0, r1 - r0), k.clone().narrow(2, 0, keys), v.clone().narrow(2, 0, keys), m)
+        })
+        .collect();
+    Tensor::cat(outs, 3)
+}
+
+/// Eager attention of one block: `q: [b, kvh, rep, n, d]`, `k, v: [b, kvh, t, d]`,
+/// `mask: [_, 1, 1, n, t]` -> `[b, kvh, rep, n, d]`.
+fn attend<B: Backend>(q: Tensor<B, 5>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: Tensor<B, 5, Bool>) -> Tensor<B, 5> {
+    let [b, kvh, rep, n, d] = q.dims();
+    let t = k.dims()[2];
+    let scores = q.reshape([b, kvh, rep * n, d]).matmul(k.swap_dims(2, 3)).mul_scalar((d as f64).powf(-0.5));
+    let dtype = scores.dtype();
+    let scores = scores.cast(DType::F32).reshape([b, kvh, rep, n, t]);
+    let scores = scores.mask_fill(mask.expand([b, kvh, rep, n, t]), f32::NEG_INFINITY);
+    let probs = softmax(scores, 4).cast(dtype).reshape([b, kvh, rep * n, t]);
+    probs.matmul(v).reshape([b, kvh, rep, n, d])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::attend_causal;
+    use crate::model::text::causal_mask;
+    use burn::backend::{Autodiff, NdArray};
+    use burn::tensor::{Bool, Distribution, Tensor, TensorData};
+
+    type A = Autodiff<NdArray<f32>>;
+
+    fn rel(a: &Tensor<NdArray<f32>, 5>, b: &Tensor<NdArray<f32>, 5>) -> f32 {
+        let diff: f32 = (a.clone() - b.clone()).powi_scalar(2).sum().into_scalar();
+        let norm: f32 = b.clone().powi_scalar(2).sum().into_scalar();
+        (diff / norm).sqrt()
+    }
+
+    /// Blocked attention equals one block over the whole sequence: outputs and the gradients
+    /// of q, k, v, with and without a cache prefix, with a padding mask on top of causality,
+    /// for blocks that divide the sequence and blocks that leave a remainder.
+    #[test]
+    fn query_blocks_give_the_unblocked_attention_and_gradients() {
+        let dev = Default::default();
+        let (b, kvh, rep, s, d) = (2, 2, 3, 11, 8);
+        for seen in [0usize, 3] {
+            let t = seen + s;
+            let mut mask = causal_mask::<A>(s, seen, &dev).expand([b, 1, 1, s, t]);
+            if seen == 0 {
+                // Row 1 is left-padded by 2, as batched generation does (a padding query sees
+                // itself, so no row is all-hidden).
+                let pad: Vec<bool> = (0..b).flat_map(|r| (0..s).flat_map(move |q| (0..t).map(move |k| r == 1 && k < 2 && k != q))).collect();
+                mask = mask.bool_or(Tensor::<A, 5, Bool>::from_data(TensorData::new(pad, [b, 1, 1, s, t]), &dev));
+            }
+            let q0 = Tensor::<NdArray<f32>, 5>::random([b, kvh, rep, s, d], Distribution::Normal(0.0, 1.0), &dev);
+            let k0 = Tensor::<NdArray<f32>, 4>::random([b, kvh, t, d], Distribution::Normal(0.0, 1.0), &dev);
+            let v0 = Tensor::<NdArray<f32>, 4>::random([b, kvh, t, d], Distribution::Normal(0.0, 1.0), &dev);
+            let g = Tensor::<NdArray<f32>, 5>::random([b, kvh, rep, s, d], Distribution::Normal(0.0, 1.0), &dev);
+            let run = |block: usize| {
+                let q = Tensor::<A, 5>::from_inner(q0.clone()).require_grad();
+                let k = Tensor::<A, 4>::from_inner(k0.clone()).require_grad();
+                let v = Tensor::<A, 4>::from_inner(v0.clone()).require_grad();
+                let out = attend_causal(q.clone(), k.clone(), v.clone(), &mask, block);
+                let grads = (out.clone() * Tensor::from_inner(g.clone())).sum().backward();
+                let dk: Tensor<NdArray<f32>, 4> = k.grad(&grads).unwrap();
+                let dv: Tensor<NdArray<f32>, 4> = v.grad(&grads).unwrap();
+                (out.inner(), q.grad(&grads).unwrap(), dk.unsqueeze::<5>(), dv.unsqueeze::<5>())
+            };
+            let whole = run(s);
+            for block in [1, 4, 5, 10] {
+                let blocked = run(block);
+                for (what, x, y) in [("out", &blocked.0, &whole.0), ("dq", &blocked.1, &whole.1), ("dk", &blocked.2, &whole.2), ("dv", &blocked.3, &whole.3)] {
+                    let e = rel(x, y);
+                    assert!(e < 1e-5, "seen {seen}, block {block}: {what} differs by {e:e} (relative L2)");
+                }
+            }
+        }
+    }
+
+    /// Blocks skip the keys they may not see: a NaN in the value of the last position
+    /// reaches every row of eager attention (probability 0 times NaN), but only the rows of
+    /// the block that reads that key when blocked.
+    #[test]
+    fn blocks_read_only_the_keys_they_may_see() {
+        let dev = Default::default();
+        let (s, d) = (11, 4);
+        let q = Tensor::<NdArray<f32>, 5>::random([1, 1, 2, s, d], Distribution::Normal(0.0, 1.0), &dev);
+        let k = Tensor::<NdArray<f32>, 4>::random([1, 1, s, d], Distribution::Normal(0.0, 1.0), &dev);
+        let v = Tensor::<NdArray<f32>, 4>::random([1, 1, s, d], Distribution::Normal(0.0, 1.0), &dev)
+            .slice_assign([0..1, 0..1, s - 1..s, 0..d], Tensor::full([1, 1, 1, d], f32::NAN, &dev));
+        let mask = causal_mask::<NdArray<f32>>(s, 0, &dev);
+        let nan_rows = |block: usize| -> Vec<usize> {
+            let out = attend_causal(q.clone(), k.clone(), v.clone(), &mask, block).into_data().to_vec::<f32>().unwrap();
+            (0..s).filter(|&r| out[r * d..(r + 1) * d].iter().any(|x| x.is_nan())).collect()
+        };
+        assert_eq!(nan_rows(s), (0..s).collect::<Vec<_>>(), "eager attention multiplies every row by the masked value");
+        assert_eq!(nan_rows(4), vec![8, 9, 10], "blocks 0..4 and 4..8 must not read key 10");
     }
 }
