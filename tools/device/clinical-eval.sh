@@ -13,6 +13,7 @@
 #   bash tools/device/clinical-eval.sh scaling STEPS    # same recipe, STEPS steps on 1 then 2 GPUs
 #   bash tools/device/clinical-eval.sh eval synth       # base vs adapter, synthetic test split
 #   bash tools/device/clinical-eval.sh eval mts-sections [LIMIT]
+#   bash tools/device/clinical-eval.sh prep             # model and data only
 #   bash tools/device/clinical-eval.sh kcache           # return the kernel cache (tools/device/kcache.sh)
 # Kernels compiled and tuned in one call are kept in .kcache for the next (--kernel-cache);
 # carrying .kcache-carry/ brings back one from an earlier session.
@@ -56,6 +57,7 @@ pack() {  # what comes back: one archive of the run's small files and the adapte
 source "$(dirname "$0")/nccl-env.sh"
 
 case "${1:-}" in
+  prep) exit 0 ;;  # model and data only
   kcache) kcache_pack 4; exit 0 ;;
   scaling)
     nccl_env || exit 1
