@@ -83,11 +83,12 @@ pub fn attend_causal<B: Backend>(q: Tensor<B, 5>, k: Tensor<B, 4>, v: Tensor<B, 
     let [_, _, _, s, _] = q.dims();
     let t = k.dims()[2];
     let seen = t - s;
+    let block = block.max(1);
     if s <= block {
         return attend(q, k, v, mask.clone());
     }
     let outs: Vec<Tensor<B, 5>> = (0..s)
-        .step_by(block.max(1))
+        .step_by(block)
         .map(|r0| {
             let r1 = (r0 + block).min(s);
             let keys = seen + r1;
