@@ -1,7 +1,7 @@
 //! Autoregressive generation with a KV cache: greedy by default, or temperature + top-p
 //! sampling from a seeded RNG (same seed, same tokens).
 
-use crate::model::{PositionIds, Qwen2ForCausalLM};
+use crate::model::{KvCache, PositionIds, Qwen2ForCausalLM};
 use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::time::Instant;
@@ -166,45 +166,81 @@ fn pick_rows<B: Backend>(logits: Tensor<B, 2>, cfg: &SamplingConfig, rng: &mut S
     (0..b).map(|r| sample(&all[r * v..(r + 1) * v], cfg.temperature, cfg.top_p, rng)).collect()
 }
 
-/// Generates after several prompts at once (one forward per step for the whole batch).
+/// Incremental decoding of several prompts at once: one forward per step for the whole
+/// batch, logits out, so callers pick tokens their own way (greedy, sampling, or teacher
+/// forcing in the tests).
 ///
-/// Prompts are left-padded to the longest; padding keys are masked for every query (each
-/// padding query sees only itself, so no row is all-masked), and each row's positions
-/// start at 0 at its first real token, so row `i` computes what [`generate`] computes for
-/// `prompts[i]` alone. Rows stop on their own (stop token or `max_new_tokens`); finished
-/// rows keep being fed (their picks ignored) until every row is done. With sampling, one RNG
-/// serves the rows in order. An empty prompt yields an empty generation. Timings are the
-/// batch's, shared by every row.
+/// Each prompt is prefilled alone (batch 1, the plain causal path that training runs), so no
+/// padding is computed and no padding mask reaches the long prefill attention; the per-row
+/// caches are then stacked, left-padded with zero keys/values to the longest prompt, and the
+/// decode steps mask those padding keys. Row `i`'s positions start at 0 at its first token,
+/// so it computes what a batch of one computes for `prompts[i]` alone.
+pub struct BatchDecoder<'m, B: Backend> {
+    model: &'m Qwen2ForCausalLM<B>,
+    cache: KvCache<B>,
+    /// Left padding of each row.
+    pads: Vec<usize>,
+    /// Padded prompt length.
+    longest: usize,
+    /// Tokens fed after the prompt so far.
+    fed: usize,
+}
+
+impl<'m, B: Backend> BatchDecoder<'m, B> {
+    /// Runs the prompts (prefill). Returns the decoder and the logits of each row's last
+    /// prompt token, `[batch, vocab]`. An empty prompt is run as one filler token (its logits
+    /// are meaningless); `prompts` must not be empty.
+    pub fn prefill(model: &'m Qwen2ForCausalLM<B>, prompts: &[Vec<u32>]) -> (Self, Tensor<B, 2>) {
+        let device = model.model.embed_tokens.val().device();
+        let filler = prompts.iter().find_map(|p| p.first().copied()).unwrap_or(0);
+        let mut caches = Vec::with_capacity(prompts.len());
+        let mut logits = Vec::with_capacity(prompts.len());
+        let mut lens = Vec::with_capacity(prompts.len());
+        for p in prompts {
+            let ids: Vec<i64> = if p.is_empty() { vec![filler as i64] } else { p.iter().map(|&t| t as i64).collect() };
+            let n = ids.len();
+            let mut cache = model.new_cache();
+            logits.push(model.forward_cached(Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, n]), &device), &mut cache));
+            caches.push(cache);
+            lens.push(n);
+        }
+        let longest = lens.iter().copied().max().unwrap_or(1);
+        let pads = lens.iter().map(|&n| longest - n).collect();
+        let dec = Self { model, cache: KvCache::left_padded(caches, longest), pads, longest, fed: 0 };
+        (dec, Tensor::cat(logits, 0))
+    }
+
+    /// Feeds one token per row (finished rows may feed anything) and returns the next
+    /// logits, `[batch, vocab]`.
+    pub fn step(&mut self, tokens: &[u32]) -> Tensor<B, 2> {
+        let b = self.pads.len();
+        assert_eq!(tokens.len(), b, "one token per row");
+        self.fed += 1;
+        let (longest, fed) = (self.longest, self.fed);
+        let rows: Vec<Vec<i64>> = self.pads.iter().map(|&pad| vec![(longest - pad + fed - 1) as i64]).collect();
+        let total = longest + fed;
+        let mask: Vec<bool> = self.pads.iter().flat_map(|&pad| (0..total).map(move |k| k < pad)).collect();
+        let model = self.model;
+        let device = model.model.embed_tokens.val().device();
+        let mask = Tensor::<B, 5, Bool>::from_data(TensorData::new(mask, [b, 1, 1, 1, total]), &device);
+        let pos = PositionIds { rows: [rows.clone(), rows.clone(), rows] };
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens.iter().map(|&t| t as i64).collect(), [b, 1]), &device);
+        let (h, _) = model.decode_masked(model.embed(ids), Some(&pos), Some(&mut self.cache), false, Some(&mask));
+        model.project(h).reshape([b, model.config.vocab_size])
+    }
+}
+
+/// Generates after several prompts at once with a [`BatchDecoder`]. Rows stop on their own
+/// (stop token or `max_new_tokens`); finished rows keep being fed (their picks ignored) until
+/// every row is done. With sampling, one RNG serves the rows in order. An empty prompt yields
+/// an empty generation. Timings are the batch's, shared by every row.
 pub fn generate_batch<B: Backend>(model: &Qwen2ForCausalLM<B>, prompts: &[Vec<u32>], cfg: &SamplingConfig) -> Vec<Generation> {
-    let b = prompts.len();
-    if b == 0 {
+    if prompts.is_empty() {
         return Vec::new();
     }
-    let device = model.model.embed_tokens.val().device();
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0).max(1);
-    let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
-    let filler = prompts.iter().find_map(|p| p.first().copied()).unwrap_or(0);
-    let mut ids = Vec::with_capacity(b * longest);
-    let mut pos_rows = Vec::with_capacity(b);
-    let mut mask = Vec::with_capacity(b * longest * longest);
-    for (p, &pad) in prompts.iter().zip(&pads) {
-        ids.extend(std::iter::repeat_n(filler as i64, pad).chain(p.iter().map(|&t| t as i64)));
-        pos_rows.push((0..longest).map(|j| j.saturating_sub(pad) as i64).collect::<Vec<_>>());
-        for q in 0..longest {
-            mask.extend((0..longest).map(|k| k < pad && k != q));
-        }
-    }
-    let positions = |rows: Vec<Vec<i64>>| PositionIds { rows: [rows.clone(), rows.clone(), rows] };
-    let bool_mask = |m: Vec<bool>, s: usize, t: usize| Tensor::<B, 5, Bool>::from_data(TensorData::new(m, [b, 1, 1, s, t]), &device);
     let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let mut cache = model.new_cache();
     let start = Instant::now();
-    let step = |ids: Vec<i64>, s: usize, pos: &PositionIds, mask: &Tensor<B, 5, Bool>, cache: &mut crate::model::KvCache<B>| {
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, s]), &device);
-        let (h, _) = model.decode_masked(model.embed(ids), Some(pos), Some(cache), false, Some(mask));
-        model.project(h.narrow(1, s - 1, 1)).reshape([b, model.config.vocab_size])
-    };
-    let logits = step(ids, longest, &positions(pos_rows), &bool_mask(mask, longest, longest), &mut cache);
+    let (mut decoder, logits) = BatchDecoder::prefill(model, prompts);
     let mut next = pick_rows(logits, cfg, &mut rng);
     let prefill_secs = start.elapsed().as_secs_f64();
     let decode_start = Instant::now();
@@ -213,29 +249,23 @@ pub fn generate_batch<B: Backend>(model: &Qwen2ForCausalLM<B>, prompts: &[Vec<u3
         .map(|p| Generation { tokens: Vec::new(), stop: StopReason::Length, prompt_tokens: p.len(), prefill_secs, decode_secs: 0.0 })
         .collect();
     let mut done: Vec<bool> = prompts.iter().map(|p| p.is_empty() || cfg.max_new_tokens == 0).collect();
-    let mut fed = 0usize;
     loop {
-        for r in 0..b {
+        for (r, g) in out.iter_mut().enumerate() {
             if done[r] {
                 continue;
             }
             if cfg.stop_ids.contains(&next[r]) {
-                out[r].stop = StopReason::StopToken;
+                g.stop = StopReason::StopToken;
                 done[r] = true;
             } else {
-                out[r].tokens.push(next[r]);
-                done[r] = out[r].tokens.len() == cfg.max_new_tokens;
+                g.tokens.push(next[r]);
+                done[r] = g.tokens.len() == cfg.max_new_tokens;
             }
         }
         if done.iter().all(|&d| d) {
             break;
         }
-        fed += 1;
-        let feed: Vec<i64> = (0..b).map(|r| next[r] as i64).collect();
-        let pos = positions((0..b).map(|r| vec![(longest - pads[r] + fed - 1) as i64]).collect());
-        let total = longest + fed;
-        let m: Vec<bool> = pads.iter().flat_map(|&pad| (0..total).map(move |k| k < pad)).collect();
-        next = pick_rows(step(feed, 1, &pos, &bool_mask(m, 1, total), &mut cache), cfg, &mut rng);
+        next = pick_rows(decoder.step(&next), cfg, &mut rng);
     }
     let decode_secs = decode_start.elapsed().as_secs_f64();
     for g in &mut out {

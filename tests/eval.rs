@@ -9,6 +9,7 @@ use medqlora::chat::ChatTemplate;
 use medqlora::data::synth::{self, SynthKind};
 use medqlora::data::Record;
 use medqlora::eval::score::{parse_answer, score_answer, score_field};
+use medqlora::eval::report::AnswerEnd;
 use medqlora::eval::{evaluate, EvalOptions, EvalReport};
 use medqlora::generate::{generate, generate_batch, SamplingConfig, StopReason};
 use medqlora::model::{Qwen2ForCausalLM, TextConfig, WeightStore};
@@ -62,12 +63,12 @@ fn scoring_rules() {
 fn report_compares_with_a_baseline() {
     let target = json!({"a": "x", "b": 2});
     let mut base = EvalReport { label: "base".into(), rel_tol: 0.01, ..Default::default() };
-    base.add("r1", "t", &score_answer(&target, "oops", 0.01), "oops");
-    base.add("r2", "t", &score_answer(&target, r#"{"a":"x"}"#, 0.01), r#"{"a":"x"}"#);
+    base.add("r1", "t", &score_answer(&target, "oops", 0.01), "oops", AnswerEnd::default());
+    base.add("r2", "t", &score_answer(&target, r#"{"a":"x"}"#, 0.01), r#"{"a":"x"}"#, AnswerEnd::default());
     assert_eq!((base.overall.valid_json, base.field_accuracy()), (1, 0.25));
     let mut now = EvalReport { label: "tuned".into(), rel_tol: 0.01, ..Default::default() };
-    now.add("r1", "t", &score_answer(&target, r#"{"a":"x","b":2}"#, 0.01), "");
-    now.add("r2", "t", &score_answer(&target, r#"{"a":"X","b":"2"}"#, 0.01), "");
+    now.add("r1", "t", &score_answer(&target, r#"{"a":"x","b":2}"#, 0.01), "", AnswerEnd::default());
+    now.add("r2", "t", &score_answer(&target, r#"{"a":"X","b":"2"}"#, 0.01), "", AnswerEnd::default());
     assert_eq!((now.field_accuracy(), now.overall.exact_match()), (1.0, 1.0));
     let dir = std::env::temp_dir().join(format!("medqlora-eval-report-{}", std::process::id()));
     base.write(&dir, None).unwrap();
@@ -76,7 +77,7 @@ fn report_compares_with_a_baseline() {
     let md = now.to_markdown(Some(&back));
     assert!(md.contains("| field accuracy | 4 | 25.0% | 100.0% | +75.0 |"), "{md}");
     assert!(md.contains("| b | 2 | 0.0% | 100.0% | +100.0 |"), "{md}");
-    assert!(base.to_markdown(None).contains("Invalid JSON answers"));
+    assert!(base.to_markdown(None).contains("Invalid JSON answers (1 of 2; 0 cut at the token budget"));
     assert!(EvalReport::read(&dir.join("missing.json")).unwrap_err().to_string().contains("missing.json"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -105,6 +106,85 @@ fn batched_greedy_equals_one_prompt_at_a_time() {
     }
     assert!(batched.iter().any(|g| g.stop == StopReason::StopToken) && batched.iter().any(|g| g.stop == StopReason::Length));
     assert!(generate_batch(&model, &[], &cfg).is_empty());
+}
+
+/// The batch decoder's logits, teacher-forced with each row's own greedy continuation, equal
+/// full (uncached, unpadded) forwards of each prompt on the CPU: rows of very different lengths
+/// (heavy left padding, one prompt past attention's 512-row query block), more rows than the
+/// NF4 GEMV takes (the decode steps run the fused GEMM on CUDA), on every backend; on CUDA also
+/// in bf16 with NF4 weights, as the evaluator runs on the GPU.
+#[test]
+fn batch_decoder_logits_equal_full_forwards() {
+    use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+    use medqlora::generate::BatchDecoder;
+    use medqlora::model::QuantizeOnLoad;
+
+    const STEPS: usize = 6;
+    let lens = [600usize, 3, 40, 1, 250, 17, 599, 8, 120, 64, 2, 333];
+    let prompts: Vec<Vec<u32>> = lens.iter().enumerate().map(|(r, &n)| (0..n).map(|i| ((i * 37 + r * 101 + 5) % 512) as u32).collect()).collect();
+
+    fn load<B: Backend>(device: &B::Device, nf4: bool) -> Qwen2ForCausalLM<B> {
+        let dir = common::fixture("qwen2_tiny");
+        let config = TextConfig::from_dir(&dir).unwrap();
+        let q = nf4.then(QuantizeOnLoad::default);
+        Qwen2ForCausalLM::<B>::load_with(&config, &WeightStore::open(&dir).unwrap(), device, q.as_ref()).unwrap()
+    }
+    fn rows<B: Backend>(logits: Tensor<B, 2>) -> Vec<Vec<f32>> {
+        let [_, v] = logits.dims();
+        logits.into_data().convert::<f32>().to_vec::<f32>().unwrap().chunks(v).map(<[f32]>::to_vec).collect()
+    }
+    // Reference: each prompt with its continuation, one full forward on the CPU; the logits
+    // at the last prompt position and the STEPS after it.
+    let reference = |nf4: bool| -> (Vec<Vec<u32>>, Vec<Vec<Vec<f32>>>) {
+        let model = load::<B>(&Default::default(), nf4);
+        let mut conts = Vec::new();
+        let mut want = Vec::new();
+        for p in &prompts {
+            let cont = generate(&model, p, &SamplingConfig::greedy(STEPS, vec![]), |_| {}).tokens;
+            let all: Vec<i64> = p.iter().chain(&cont).map(|&t| t as i64).collect();
+            let n = all.len();
+            let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(all, [1, n]), &Default::default());
+            let logits = model.forward(ids, false).logits;
+            let v = logits.dims()[2];
+            let at: Vec<Vec<f32>> = rows(logits.reshape([n, v])).into_iter().skip(p.len() - 1).take(STEPS).collect();
+            conts.push(cont);
+            want.push(at);
+        }
+        (conts, want)
+    };
+    fn check<B: Backend>(name: &str, device: &B::Device, nf4: bool, bound: f64, prompts: &[Vec<u32>], conts: &[Vec<u32>], want: &[Vec<Vec<f32>>]) {
+        let model = load::<B>(device, nf4);
+        let (mut dec, mut logits) = BatchDecoder::prefill(&model, prompts);
+        let mut worst = (0f64, 0, 0);
+        for step in 0..STEPS {
+            for (r, got) in rows(logits.clone()).iter().enumerate() {
+                assert!(got.iter().all(|x| x.is_finite()), "{name}: row {r} step {step}: non-finite logits");
+                let e = common::rel_l2(got, &want[r][step]);
+                if e > worst.0 {
+                    worst = (e, r, step);
+                }
+            }
+            if step + 1 < STEPS {
+                logits = dec.step(&conts.iter().map(|c| c[step]).collect::<Vec<_>>());
+            }
+        }
+        println!("{name}: worst relative L2 {:.2e} (row {}, prompt length {}, step {})", worst.0, worst.1, prompts[worst.1].len(), worst.2);
+        assert!(worst.0 <= bound, "{name}: row {} (prompt length {}) step {}: relative L2 {:.3e} > {bound:e}", worst.1, prompts[worst.1].len(), worst.2, worst.0);
+    }
+    let (conts, want) = reference(false);
+    // f32 on the CPU: same products, different grouping (cache, padding, blocks).
+    check::<B>("cpu f32", &Default::default(), false, 1e-5, &prompts, &conts, &want);
+    #[cfg(feature = "cuda")]
+    {
+        let dev = burn::backend::cuda::CudaDevice::new(0);
+        // TF32 tensor-core products (see common::CUDA_F32_LOGITS_TOL).
+        check::<burn::backend::Cuda<f32>>("cuda f32", &dev, false, 1e-2, &prompts, &conts, &want);
+        let (conts, want) = reference(true);
+        // bf16 activations and weights (2^-9 per rounding) through two layers.
+        check::<burn::backend::Cuda<half::bf16>>("cuda bf16 nf4", &dev, true, 5e-2, &prompts, &conts, &want);
+    }
+    #[cfg(not(feature = "cuda"))]
+    println!("SKIPPED: the CUDA cases of this test need a `--features cuda` build and a GPU");
 }
 
 /// A byte-level BPE tokenizer.json (256 byte tokens + the Qwen specials) for the 512-token
@@ -164,6 +244,10 @@ fn evaluate_end_to_end_on_the_tiny_model() {
     assert_eq!(report.field_accuracy(), 0.0);
     let fields: usize = records.iter().map(|r| medqlora::eval::score::flatten(r.target.as_object().unwrap()).len()).sum();
     assert_eq!(report.overall.fields, fields);
+    // How each answer ended is recorded: within the budget, and cut exactly at it when it
+    // did not stop on its own.
+    assert!(report.records.iter().all(|r| r.end.new_tokens <= 6 && (!r.end.hit_budget || r.end.new_tokens == 6)));
+    assert!(report.records.iter().any(|r| r.end.new_tokens > 0));
     // Deterministic, and independent of the batch size.
     let again = evaluate(&model, &tok, &template, &records, &EvalOptions { batch_size: 1, ..opts.clone() }).unwrap();
     assert_eq!(again, report);

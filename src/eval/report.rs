@@ -61,6 +61,15 @@ impl FieldStats {
     }
 }
 
+/// How the generation of one answer ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnswerEnd {
+    /// Tokens generated (the stop token not counted).
+    pub new_tokens: usize,
+    /// True when the answer was cut at `--max-new-tokens` rather than ended by a stop token.
+    pub hit_budget: bool,
+}
+
 /// One record's outcome.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordResult {
@@ -78,6 +87,9 @@ pub struct RecordResult {
     pub extra_keys: Vec<String>,
     /// The model's answer text.
     pub output: String,
+    /// How its generation ended (absent in reports written before it was recorded).
+    #[serde(default)]
+    pub end: AnswerEnd,
 }
 
 /// The whole evaluation.
@@ -99,7 +111,7 @@ pub struct EvalReport {
 
 impl EvalReport {
     /// Adds one scored record.
-    pub fn add(&mut self, id: &str, doc_type: &str, score: &RecordScore, output: &str) {
+    pub fn add(&mut self, id: &str, doc_type: &str, score: &RecordScore, output: &str, end: AnswerEnd) {
         self.overall.add(score);
         self.by_doc_type.entry(doc_type.to_owned()).or_default().add(score);
         let fields = self.by_field.entry(doc_type.to_owned()).or_default();
@@ -116,6 +128,7 @@ impl EvalReport {
             fields: score.fields.clone(),
             extra_keys: score.extra_keys.clone(),
             output: output.to_owned(),
+            end,
         });
     }
 
@@ -179,12 +192,14 @@ impl EvalReport {
             }
             md += "\n";
         }
-        let invalid: Vec<&RecordResult> = self.records.iter().filter(|r| !r.valid_json).take(10).collect();
+        let invalid: Vec<&RecordResult> = self.records.iter().filter(|r| !r.valid_json).collect();
         if !invalid.is_empty() {
-            md += "## Invalid JSON answers (first 10)\n\n";
-            for r in invalid {
+            let cut = invalid.iter().filter(|r| r.end.hit_budget).count();
+            md += &format!("## Invalid JSON answers ({} of {}; {cut} cut at the token budget; first 10, 200 characters each)\n\n", invalid.len(), self.records.len());
+            for r in invalid.into_iter().take(10) {
                 let shown: String = r.output.chars().take(200).collect();
-                md += &format!("- `{}`: {:?}\n", r.id, shown);
+                let how = if r.end.hit_budget { "cut at the budget" } else { "stopped" };
+                md += &format!("- `{}` ({} tokens, {how}): {:?}\n", r.id, r.end.new_tokens, shown);
             }
         }
         md

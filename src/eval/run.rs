@@ -2,12 +2,12 @@
 //! batched greedy generation, answers scored into an [`EvalReport`]. Deterministic: greedy
 //! decoding, fixed order, no timings in the report.
 
-use super::report::EvalReport;
+use super::report::{AnswerEnd, EvalReport};
 use super::score::{score_answer, DEFAULT_REL_TOL};
 use super::EvalError;
 use crate::chat::ChatTemplate;
 use crate::data::{encode_record, Record};
-use crate::generate::{generate_batch, SamplingConfig};
+use crate::generate::{generate_batch, SamplingConfig, StopReason};
 use crate::model::Qwen2ForCausalLM;
 use crate::tokenizer::Tokenizer;
 use burn::tensor::backend::Backend;
@@ -77,21 +77,21 @@ pub fn evaluate<B: Backend>(
         indicatif::ProgressStyle::with_template("eval {bar:30} {pos}/{len} records [{elapsed_precise} < {eta_precise}] {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let mut answers: Vec<Option<String>> = vec![None; records.len()];
+    let mut answers: Vec<Option<(String, AnswerEnd)>> = vec![None; records.len()];
     for chunk in order.chunks(opts.batch_size) {
         let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
         let gens = generate_batch(model, &batch, &cfg);
         for (&i, g) in chunk.iter().zip(gens) {
             let text = tok.decode(&g.tokens).map_err(|e| EvalError::Decode { id: records[i].id.clone(), problem: e.to_string() })?;
-            answers[i] = Some(text);
+            answers[i] = Some((text, AnswerEnd { new_tokens: g.tokens.len(), hit_budget: g.stop == StopReason::Length }));
         }
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
     let mut report = EvalReport { label: opts.label.clone(), rel_tol: opts.rel_tol, ..Default::default() };
     for (rec, answer) in records.iter().zip(answers) {
-        let answer = answer.unwrap_or_default();
-        report.add(&rec.id, &rec.doc_type, &score_answer(&rec.target, &answer, opts.rel_tol), &answer);
+        let (answer, end) = answer.unwrap_or_default();
+        report.add(&rec.id, &rec.doc_type, &score_answer(&rec.target, &answer, opts.rel_tol), &answer, end);
     }
     Ok(report)
 }

@@ -42,4 +42,29 @@ impl<B: Backend> KvCache<B> {
         self.layers[layer] = Some(merged);
         out
     }
+
+    /// Stacks the caches of single prompts (batch 1 each) into one batch, each row
+    /// left-padded with zeros to `len` positions (the padding keys are zeros, finite, and
+    /// must be masked by the caller). Rows longer than `len` are a caller error.
+    pub fn left_padded(rows: Vec<KvCache<B>>, len: usize) -> Self {
+        let num_layers = rows.first().map_or(0, |r| r.layers.len());
+        let pad = |t: Tensor<B, 4>| {
+            let n = t.dims()[2];
+            assert!(n <= len, "a row of {n} positions does not fit {len}");
+            if n == len {
+                t
+            } else {
+                Tensor::cat(vec![t.clone().narrow(2, 0, 1).zeros_like().repeat_dim(2, len - n), t], 2)
+            }
+        };
+        let mut per_layer: Vec<(Vec<Tensor<B, 4>>, Vec<Tensor<B, 4>>)> = (0..num_layers).map(|_| (Vec::new(), Vec::new())).collect();
+        for row in rows {
+            for (layer, entry) in row.layers.into_iter().enumerate() {
+                let entry = entry.expect("every layer of a prefilled cache is set");
+                per_layer[layer].0.push(pad(entry.keys));
+                per_layer[layer].1.push(pad(entry.values));
+            }
+        }
+        Self { layers: per_layer.into_iter().map(|(k, v)| Some(LayerCache { keys: Tensor::cat(k, 0), values: Tensor::cat(v, 0) })).collect() }
+    }
 }

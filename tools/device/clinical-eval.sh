@@ -14,6 +14,8 @@
 #   bash tools/device/clinical-eval.sh eval synth       # base vs adapter, synthetic test split
 #   bash tools/device/clinical-eval.sh eval mts-sections [LIMIT]
 #   bash tools/device/clinical-eval.sh prep             # model and data only
+#   bash tools/device/clinical-eval.sh diag [N]         # first N MTSamples test records, batch 1 vs
+#                                                   # N, NF4 vs dense: how each answer ended
 #   bash tools/device/clinical-eval.sh kcache           # return the kernel cache (tools/device/kcache.sh)
 # Kernels compiled and tuned in one call are kept in .kcache for the next (--kernel-cache);
 # carrying .kcache-carry/ brings back one from an earlier session.
@@ -58,6 +60,23 @@ source "$(dirname "$0")/nccl-env.sh"
 
 case "${1:-}" in
   prep) exit 0 ;;  # model and data only
+  diag)
+    n=${2:-4}
+    for v in "nf4 1" "nf4 $n" "none $n"; do
+      set -- $v
+      $M eval --model $model --quantize $1 --device cuda --dtype bf16 --batch-size $2 --max-new-tokens 320 \
+        --data data/mts-sections/test.jsonl --limit $n --out runs/diag/$1-b$2 2>&1 | tail -2
+    done
+    python3 - runs/diag/nf4-b1 runs/diag/nf4-b$n runs/diag/none-b$n <<'PY'
+import json, sys
+for d in sys.argv[1:]:
+    r = json.load(open(d + "/report.json"))
+    print(f"== {d}: field accuracy {100 * r['overall']['field_score_sum'] / max(1, r['overall']['fields']):.1f}%")
+    for x in r["records"]:
+        e = x.get("end", {})
+        print(f"  {x['id']}: {e.get('new_tokens')} tokens, {'budget' if e.get('hit_budget') else 'stopped'}, json {x['valid_json']}: {x['output'][:90]!r} ... {x['output'][-40:]!r}")
+PY
+    ;;
   kcache) kcache_pack 4; exit 0 ;;
   scaling)
     nccl_env || exit 1
