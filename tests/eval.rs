@@ -19,10 +19,16 @@ use std::path::PathBuf;
 
 type B = CpuBackend;
 
-fn tiny() -> Qwen2ForCausalLM<B> {
+/// The tiny fixture model on `device`, dense or quantized to NF4 on load.
+fn tiny_on<T: burn::tensor::backend::Backend>(device: &T::Device, nf4: bool) -> Qwen2ForCausalLM<T> {
     let dir = common::fixture("qwen2_tiny");
     let config = TextConfig::from_dir(&dir).unwrap();
-    Qwen2ForCausalLM::<B>::load(&config, &WeightStore::open(&dir).unwrap(), &Default::default()).unwrap()
+    let q = nf4.then(medqlora::model::QuantizeOnLoad::default);
+    Qwen2ForCausalLM::<T>::load_with(&config, &WeightStore::open(&dir).unwrap(), device, q.as_ref()).unwrap()
+}
+
+fn tiny() -> Qwen2ForCausalLM<B> {
+    tiny_on::<B>(&Default::default(), false)
 }
 
 #[test]
@@ -117,18 +123,11 @@ fn batched_greedy_equals_one_prompt_at_a_time() {
 fn batch_decoder_logits_equal_full_forwards() {
     use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
     use medqlora::generate::BatchDecoder;
-    use medqlora::model::QuantizeOnLoad;
 
     const STEPS: usize = 6;
     let lens = [600usize, 3, 40, 1, 250, 17, 599, 8, 120, 64, 2, 333];
     let prompts: Vec<Vec<u32>> = lens.iter().enumerate().map(|(r, &n)| (0..n).map(|i| ((i * 37 + r * 101 + 5) % 512) as u32).collect()).collect();
 
-    fn load<B: Backend>(device: &B::Device, nf4: bool) -> Qwen2ForCausalLM<B> {
-        let dir = common::fixture("qwen2_tiny");
-        let config = TextConfig::from_dir(&dir).unwrap();
-        let q = nf4.then(QuantizeOnLoad::default);
-        Qwen2ForCausalLM::<B>::load_with(&config, &WeightStore::open(&dir).unwrap(), device, q.as_ref()).unwrap()
-    }
     fn rows<B: Backend>(logits: Tensor<B, 2>) -> Vec<Vec<f32>> {
         let [_, v] = logits.dims();
         logits.into_data().convert::<f32>().to_vec::<f32>().unwrap().chunks(v).map(<[f32]>::to_vec).collect()
@@ -136,7 +135,7 @@ fn batch_decoder_logits_equal_full_forwards() {
     // Reference: each prompt with its continuation, one full forward on the CPU; the logits
     // at the last prompt position and the STEPS after it.
     let reference = |nf4: bool| -> (Vec<Vec<u32>>, Vec<Vec<Vec<f32>>>) {
-        let model = load::<B>(&Default::default(), nf4);
+        let model = tiny_on::<B>(&Default::default(), nf4);
         let mut conts = Vec::new();
         let mut want = Vec::new();
         for p in &prompts {
@@ -153,7 +152,7 @@ fn batch_decoder_logits_equal_full_forwards() {
         (conts, want)
     };
     fn check<B: Backend>(name: &str, device: &B::Device, nf4: bool, bound: f64, prompts: &[Vec<u32>], conts: &[Vec<u32>], want: &[Vec<Vec<f32>>]) {
-        let model = load::<B>(device, nf4);
+        let model = tiny_on::<B>(device, nf4);
         let (mut dec, mut logits) = BatchDecoder::prefill(&model, prompts);
         let mut worst = (0f64, 0, 0);
         for step in 0..STEPS {
