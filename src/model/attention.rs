@@ -138,8 +138,8 @@ mod tests {
             let t = seen + s;
             let mut mask = causal_mask::<A>(s, seen, &dev).expand([b, 1, 1, s, t]);
             if seen == 0 {
-                // Row 1 is left-padded by 2, as batched generation does (a padding query sees
-                // itself, so no row is all-hidden).
+                // Row 1 is left-padded by 2, as a padded batch prefill would be (a padding
+                // query sees itself, so no row is all-hidden).
                 let pad: Vec<bool> = (0..b).flat_map(|r| (0..s).flat_map(move |q| (0..t).map(move |k| r == 1 && k < 2 && k != q))).collect();
                 mask = mask.bool_or(Tensor::<A, 5, Bool>::from_data(TensorData::new(pad, [b, 1, 1, s, t]), &dev));
             }

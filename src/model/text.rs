@@ -248,7 +248,7 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
 
     /// [`Self::decode`] with an extra mask OR-ed into the causal one: `padding`
     /// `[batch, 1, 1, seq, past + seq]`, `true` where a query must not see a key (left padding
-    /// in batched generation, see `generate::generate_batch`).
+    /// of the decode steps of batched generation, see `generate::BatchDecoder`).
     pub fn decode_masked(
         &self,
         embeds: Tensor<B, 3>,
