@@ -125,7 +125,9 @@ fn batch_decoder_logits_equal_full_forwards() {
     use medqlora::generate::BatchDecoder;
 
     const STEPS: usize = 6;
-    let lens = [600usize, 3, 40, 1, 250, 17, 599, 8, 120, 64, 2, 333];
+    // Long beside short (the 583-token padding that broke the padded prefill on CUDA), lengths
+    // 1 and 2, and one near-tie (600/599). Each length is a new shape on the GPU: few of them.
+    let lens = [600usize, 1, 250, 17, 599, 2];
     let prompts: Vec<Vec<u32>> = lens.iter().enumerate().map(|(r, &n)| (0..n).map(|i| ((i * 37 + r * 101 + 5) % 512) as u32).collect()).collect();
 
     fn rows<B: Backend>(logits: Tensor<B, 2>) -> Vec<Vec<f32>> {
@@ -152,8 +154,10 @@ fn batch_decoder_logits_equal_full_forwards() {
         (conts, want)
     };
     fn check<B: Backend>(name: &str, device: &B::Device, nf4: bool, bound: f64, prompts: &[Vec<u32>], conts: &[Vec<u32>], want: &[Vec<Vec<f32>>]) {
+        let t0 = std::time::Instant::now();
         let model = tiny_on::<B>(device, nf4);
         let (mut dec, mut logits) = BatchDecoder::prefill(&model, prompts);
+        println!("{name}: prefill of {} prompts: {:.1} s (kernel compilation included)", prompts.len(), t0.elapsed().as_secs_f64());
         let mut worst = (0f64, 0, 0);
         for step in 0..STEPS {
             for (r, got) in rows(logits.clone()).iter().enumerate() {
@@ -167,6 +171,7 @@ fn batch_decoder_logits_equal_full_forwards() {
                 logits = dec.step(&conts.iter().map(|c| c[step]).collect::<Vec<_>>());
             }
         }
+        println!("{name}: {:.1} s in all", t0.elapsed().as_secs_f64());
         println!("{name}: worst relative L2 {:.2e} (row {}, prompt length {}, step {})", worst.0, worst.1, prompts[worst.1].len(), worst.2);
         assert!(worst.0 <= bound, "{name}: row {} (prompt length {}) step {}: relative L2 {:.3e} > {bound:e}", worst.1, prompts[worst.1].len(), worst.2, worst.0);
     }
@@ -175,6 +180,7 @@ fn batch_decoder_logits_equal_full_forwards() {
     check::<B>("cpu f32", &Default::default(), false, 1e-5, &prompts, &conts, &want);
     #[cfg(feature = "cuda")]
     {
+        common::gpu_runtime_once();
         let dev = burn::backend::cuda::CudaDevice::new(0);
         // TF32 tensor-core products (see common::CUDA_F32_LOGITS_TOL).
         check::<burn::backend::Cuda<f32>>("cuda f32", &dev, false, 1e-2, &prompts, &conts, &want);
