@@ -90,16 +90,17 @@ pub const CPU_LOGITS_TOL: f32 = 1e-4;
 /// mantissa, ~5e-4 relative per product), measured ~6e-3 row errors on the H200.
 pub const CUDA_F32_LOGITS_TOL: f32 = 3e-2;
 
-/// Minimal autotune for a test process's GPU work: each new shape would otherwise measure
-/// cubecl's default set of matmul variants, minutes for a test of many prompt lengths (the
-/// batch-decoder test ran past 300 s on the H200). cubecl takes its settings once, before the
-/// first GPU operation, so every CUDA test calls this first.
+/// The GPU runtime settings of a test process: minimal autotune, and the CLI's default kernel
+/// cache folder, so a second test run on the same machine (or one after a `medqlora` run)
+/// skips NVRTC: the batch-decoder test's cold first prefill spent 369 s compiling on the
+/// H200. cubecl takes its settings once, before the first GPU operation, so every CUDA test
+/// calls this first.
 #[allow(dead_code)]
 pub fn gpu_runtime_once() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let settings = medqlora::gpu_runtime::GpuRuntimeSettings { cache_dir: None, autotune: medqlora::gpu_runtime::AutotuneLevel::Minimal };
-        medqlora::gpu_runtime::configure(&settings).expect("in-memory GPU runtime settings");
+        let settings = medqlora::gpu_runtime::GpuRuntimeSettings { cache_dir: medqlora::gpu_runtime::GpuRuntimeSettings::default_cache_dir(), autotune: medqlora::gpu_runtime::AutotuneLevel::Minimal };
+        medqlora::gpu_runtime::configure(&settings).expect("GPU runtime settings (a writable kernel cache folder)");
     });
 }
 
