@@ -78,9 +78,24 @@ pub fn evaluate<B: Backend>(
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut answers: Vec<Option<(String, AnswerEnd)>> = vec![None; records.len()];
-    for chunk in order.chunks(opts.batch_size) {
+    let batches = records.len().div_ceil(opts.batch_size);
+    for (b, chunk) in order.chunks(opts.batch_size).enumerate() {
         let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
+        let t0 = std::time::Instant::now();
         let gens = generate_batch(model, &batch, &cfg);
+        if opts.progress && bar.is_hidden() {
+            // Logs and device runs have no terminal for the bar: a line per batch tells where
+            // the time goes (the first GPU batches compile kernels).
+            let new_tokens: usize = gens.iter().map(|g| g.tokens.len()).sum();
+            eprintln!(
+                "eval batch {}/{batches}: {} prompts of {}-{} tokens, {new_tokens} answer tokens in {:.1} s",
+                b + 1,
+                chunk.len(),
+                batch.first().map_or(0, Vec::len),
+                batch.last().map_or(0, Vec::len),
+                t0.elapsed().as_secs_f64()
+            );
+        }
         for (&i, g) in chunk.iter().zip(gens) {
             let text = tok.decode(&g.tokens).map_err(|e| EvalError::Decode { id: records[i].id.clone(), problem: e.to_string() })?;
             answers[i] = Some((text, AnswerEnd { new_tokens: g.tokens.len(), hit_budget: g.stop == StopReason::Length }));
