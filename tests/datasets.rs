@@ -192,24 +192,18 @@ fn synth_is_deterministic_and_rendered() {
 /// split stays unseen (recipes/qwen2.5-0.5b-clinical-full.toml).
 #[test]
 fn synth_larger_n_keeps_the_smaller_test_split_out_of_training() {
-    let dir = std::env::temp_dir().join(format!("medqlora-synth-n-{}", std::process::id()));
-    let (small, large) = (dir.join("n30"), dir.join("n80"));
-    synth::write(SynthKind::All, 30, 7, &small, None).unwrap();
-    synth::write(SynthKind::All, 80, 7, &large, None).unwrap();
-    let read = |d: &Path, split: &str| -> BTreeMap<String, String> {
-        std::fs::read_to_string(d.join(format!("{split}.jsonl"))).unwrap().lines().map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            (v["id"].as_str().unwrap().to_owned(), l.to_owned())
-        }).collect()
-    };
-    let small_test = read(&small, "test");
-    let (large_train, large_test) = (read(&large, "train"), read(&large, "test"));
-    assert!(!small_test.is_empty() && large_train.len() > 100);
-    for (id, line) in &small_test {
-        assert!(!large_train.contains_key(id), "{id}: a test record of --n 30 is in the train split of --n 80");
-        assert_eq!(large_test.get(id), Some(line), "{id}: not the same test record in --n 80");
+    let d = tmp("synth-n");
+    synth::write(SynthKind::All, 30, 7, &d.join("n30"), None).unwrap();
+    synth::write(SynthKind::All, 80, 7, &d.join("n80"), None).unwrap();
+    let by_id = |recs: &[Record]| -> BTreeMap<String, Record> { recs.iter().map(|r| (r.id.clone(), r.clone())).collect() };
+    let (small, large) = (read_splits(&d.join("n30")), read_splits(&d.join("n80")));
+    let (large_train, large_test) = (by_id(&large["train"]), by_id(&large["test"]));
+    assert!(!small["test"].is_empty() && large_train.len() > 100);
+    for rec in &small["test"] {
+        assert!(!large_train.contains_key(&rec.id), "{}: a test record of --n 30 is in the train split of --n 80", rec.id);
+        assert_eq!(large_test.get(&rec.id), Some(rec), "{}: not the same test record in --n 80", rec.id);
     }
-    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&d).unwrap();
 }
 
 /// Every kind shows all three layouts, answers are small, and the answer's values are
