@@ -93,8 +93,10 @@ pub const CUDA_F32_LOGITS_TOL: f32 = 3e-2;
 /// The GPU runtime settings of a test process: minimal autotune, and the CLI's default kernel
 /// cache folder, so a second test run on the same machine (or one after a `medqlora` run)
 /// skips NVRTC: the batch-decoder test's cold first prefill spent 369 s compiling on the
-/// H200. cubecl takes its settings once, before the first GPU operation, so every CUDA test
-/// calls this first.
+/// H200. cubecl takes its settings once, before the first GPU operation (a later call
+/// panics), so a test calls this before its first CUDA tensor. Only the batch-decoder test does
+/// so far; `on_every_backend!`'s CUDA cases keep cubecl's defaults, whose tolerances were
+/// measured with them.
 #[allow(dead_code)]
 pub fn gpu_runtime_once() {
     static ONCE: std::sync::Once = std::sync::Once::new();
