@@ -13,8 +13,10 @@
 //! - [`gemv`]: `Y[M, N] = X[M, K] W^T` for decode (`M <= 8`), on CUDA cores;
 //! - [`gemm`]: the same product for prefill and training, tiles of `W` dequantized into
 //!   shared memory feeding tensor-core (cmma) instructions, f32 accumulation;
-//! - [`gemm_dx`]: the backward product `dX[M, K] = dY[M, N] W` of the frozen weight.
+//! - [`gemm_dx`]: the backward product `dX[M, K] = dY[M, N] W` of the frozen weight;
+//! - [`adamw8`]: the 8-bit blockwise AdamW step (bitsandbytes' `AdamW8bit`) for the adapters.
 
+pub mod adamw8;
 pub mod dequant;
 pub mod gemm;
 pub mod gemm_dx;

@@ -214,3 +214,58 @@ fn recipe_errors_name_the_key() {
     let out = bin().args(["train", "/nonexistent/recipe.toml"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/recipe.toml"));
 }
+
+/// `train.optimizer = "adamw_8bit"`: the moments are stored as u8 codes plus block scales
+/// (bitsandbytes' layout), a resume continues bit for bit, and a recipe that switches the
+/// optimizer cannot resume the run.
+#[test]
+fn eight_bit_adamw_checkpoints_and_resumes_exactly() {
+    let dir = scratch("adamw8");
+    // Adapter tensors of >= 4,096 elements (smaller ones keep f32 moments, as in bitsandbytes).
+    let recipe = std::fs::read_to_string(small_recipe(&dir))
+        .unwrap()
+        .replace("hidden_size = 32\nintermediate_size = 64", "hidden_size = 64\nintermediate_size = 128")
+        .replace("r = 4", "r = 64")
+        .replace("max_steps = 20", "max_steps = 8\noptimizer = \"adamw_8bit\"")
+        .replace("save_every = 10", "save_every = 4");
+    let path = dir.join("adamw8.toml");
+    std::fs::write(&path, &recipe).unwrap();
+    let straight = dir.join("straight");
+    let text = ok(bin().arg("train").arg(&path).arg("--output-dir").arg(&straight).output().unwrap());
+    let ck4 = straight.join("checkpoints").join("step-000004");
+    let bytes = std::fs::read(ck4.join("optimizer.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let names = st.names();
+    let q8: Vec<_> = names.iter().filter(|n| n.starts_with("m8.")).collect();
+    assert!(!q8.is_empty(), "8-bit first moments saved: {names:?}");
+    for n in &q8 {
+        assert_eq!(st.tensor(n).unwrap().dtype(), safetensors::Dtype::U8, "{n}");
+        let name = n.strip_prefix("m8.").unwrap();
+        assert!(names.iter().any(|k| *k == format!("v8_absmax.{name}")) && !names.iter().any(|k| *k == format!("m.{name}")), "{name}");
+    }
+    // v_proj's B is [32, 64]: under 4,096 elements, so it keeps f32 moments beside the others.
+    assert!(names.iter().any(|n| n.starts_with("m.") && n.contains("v_proj.lora_B")), "small tensors keep f32 moments: {names:?}");
+    println!("{}", text.lines().last().unwrap_or_default());
+
+    // Resume from the step-4 checkpoint in a fresh run folder: steps 5-8 equal the straight run.
+    let resumed = dir.join("resumed");
+    std::fs::create_dir_all(resumed.join("checkpoints")).unwrap();
+    let copy = resumed.join("checkpoints").join("step-000004");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in std::fs::read_dir(&ck4).unwrap().flatten() {
+        std::fs::copy(f.path(), copy.join(f.file_name())).unwrap();
+    }
+    ok(bin().arg("train").arg(&path).arg("--output-dir").arg(&resumed).arg("--resume").output().unwrap());
+    let (a, b) = (straight.join("checkpoints").join("step-000008"), resumed.join("checkpoints").join("step-000008"));
+    assert_eq!(state(&a)["losses"], state(&b)["losses"], "per-step losses identical");
+    for f in ["adapter_model.safetensors", "optimizer.safetensors"] {
+        assert!(std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(), "{f} differs after resume");
+    }
+
+    // The same run with f32 moments cannot continue from 8-bit ones.
+    let f32_recipe = dir.join("adamw.toml");
+    std::fs::write(&f32_recipe, recipe.replace("optimizer = \"adamw_8bit\"", "optimizer = \"adamw\"")).unwrap();
+    let out = bin().arg("train").arg(&f32_recipe).arg("--output-dir").arg(dir.join("never")).arg("--resume").arg(&ck4).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("train.optimizer") && err.contains("adamw_8bit"), "{err}");
+}

@@ -8,7 +8,7 @@ LoRA r/alpha on the seven projections, gradient checkpointing, AdamW, one random
   transformers+bnb+peft qlora: seq 2048 bs 1 r 64: 2744 tok/s, peak allocated 15.59 GB
 
 usage: python3 tools/bench_transformers_qlora.py MODEL_DIR [--seq 2048] [--batch 1] [--r 64]
-       [--steps 5] [--warmup 2] [--no-nf4]
+       [--steps 5] [--warmup 2] [--no-nf4] [--optimizer adamw|adamw_8bit]
 """
 import argparse, time, torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -23,6 +23,8 @@ ap.add_argument("--alpha", type=float, default=16)
 ap.add_argument("--steps", type=int, default=5)
 ap.add_argument("--warmup", type=int, default=2)
 ap.add_argument("--no-nf4", action="store_true")
+ap.add_argument("--optimizer", choices=["adamw", "adamw_8bit"], default="adamw",
+                help="torch.optim.AdamW, or bitsandbytes.optim.AdamW8bit (blockwise 8-bit moments)")
 a = ap.parse_args()
 
 kw = dict(dtype=torch.bfloat16, device_map={"": 0}, attn_implementation="sdpa")
@@ -38,7 +40,12 @@ model = get_peft_model(model, LoraConfig(r=a.r, lora_alpha=a.alpha, lora_dropout
 # checkpointing (it applies only `if self.gradient_checkpointing and self.training`) and
 # dropout: without train() the run keeps every layer's activations.
 model.train()
-opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+params = [p for p in model.parameters() if p.requires_grad]
+if a.optimizer == "adamw_8bit":
+    import bitsandbytes as bnb
+    opt = bnb.optim.AdamW8bit(params, lr=2e-4, weight_decay=0.0)
+else:
+    opt = torch.optim.AdamW(params, lr=2e-4)
 vocab = model.config.vocab_size
 g = torch.Generator().manual_seed(0)
 torch.cuda.reset_peak_memory_stats()
@@ -54,5 +61,5 @@ for step in range(a.warmup + a.steps):
 tok_s = a.batch * a.seq * len(times) / sum(times)
 peak = torch.cuda.max_memory_allocated() / 1e9
 reserved = torch.cuda.max_memory_reserved() / 1e9
-print(f"transformers+bnb+peft qlora{'' if not a.no_nf4 else ' (bf16 base)'}: seq {a.seq} bs {a.batch} r {a.r}: "
+print(f"transformers+bnb+peft qlora{'' if not a.no_nf4 else ' (bf16 base)'}: seq {a.seq} bs {a.batch} r {a.r} {a.optimizer}: "
       f"{tok_s:.0f} tok/s, peak allocated {peak:.2f} GB, peak reserved {reserved:.2f} GB")

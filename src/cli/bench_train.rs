@@ -40,6 +40,9 @@ pub struct BenchTrainArgs {
     /// Base weight format.
     #[arg(long, value_enum, default_value = "nf4")]
     pub quantize: QuantizeFlag,
+    /// AdamW moments: f32 (`adamw`) or 8-bit blockwise (`adamw_8bit`).
+    #[arg(long, value_enum, default_value = "adamw")]
+    pub optimizer: crate::train::recipe::Optimizer,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -62,7 +65,17 @@ impl AutodiffTask for Task {
         }
         let vocab = model.config.vocab_size as i64;
         let params: NamedTensors<B::InnerBackend> = trainable(&model).into_iter().map(|(k, v)| (k, v.inner())).collect();
-        let mut opt = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }, params);
+        let mut opt = AdamW::new(
+            AdamWConfig {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.0,
+                eight_bit: a.optimizer == crate::train::recipe::Optimizer::Adamw8bit,
+            },
+            params,
+        );
+        eprintln!("optimizer {:?}: {:.2} GB of master weights and moments", a.optimizer, opt.state_bytes() as f64 / 1e9);
         // Where the memory goes (GPU): the frozen base + adapters + AdamW state before any step,
         // then what the step adds (activations, gradients, pool pages kept for reuse).
         let gb = |m: Option<crate::gpu_runtime::GpuMemory>| {
@@ -112,7 +125,7 @@ impl AutodiffTask for Task {
         let tok_s = (n * times.len()) as f64 / times.iter().sum::<f64>();
         let reserved = crate::gpu_runtime::memory(a.device.device).map(|m| format!(" | reserved {:.2} GB", m.reserved as f64 / 1e9));
         println!(
-            "bench train | {} | {} {:?} {:?} | seq {} bs {} r {} checkpointing {} | trainable {:.1}M | {:.0} tok/s (mean of {} steps){}",
+            "bench train | {} | {} {:?} {:?} | seq {} bs {} r {} checkpointing {} | {:?} | trainable {:.1}M | {:.0} tok/s (mean of {} steps){}",
             a.model.display(),
             a.device.device,
             a.device.dtype,
@@ -121,6 +134,7 @@ impl AutodiffTask for Task {
             a.batch,
             a.r,
             !a.no_checkpointing,
+            a.optimizer,
             trainable_params as f64 / 1e6,
             tok_s,
             times.len(),

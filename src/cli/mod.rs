@@ -87,7 +87,7 @@ pub fn load_model<B: Backend>(dir: &Path, device: &B::Device, quantize: Quantize
     let store = WeightStore::open(dir)?;
     let q = QuantizeOnLoad::default();
     let nf4 = matches!(quantize, QuantizeFlag::Nf4 | QuantizeFlag::Nf4Dense);
-    let mut model = Qwen2ForCausalLM::<B>::load_with(&config, &store, device, nf4.then_some(&q))?;
+    let mut model = Qwen2ForCausalLM::<B>::load_resident(&config, &store, device, nf4.then_some(&q))?;
     if quantize == QuantizeFlag::Nf4Dense {
         for (_, linear) in model.linears_mut() {
             linear.dequantize_in_place();

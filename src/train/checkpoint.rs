@@ -3,7 +3,8 @@
 //! `<output_dir>/checkpoints/step-000020/`:
 //! - `adapter_model.safetensors` + `adapter_config.json`: the adapter in PEFT's format (f32
 //!   master weights, keys `base_model.model.<module>.lora_A.weight`), loadable by PEFT as is;
-//! - `optimizer.safetensors`: AdamW master weights and moments (`master.`/`m.`/`v.` + name);
+//! - `optimizer.safetensors`: AdamW master weights and moments (`master.`/`m.`/`v.` + name;
+//!   8-bit moments as `m8.`/`v8.` u8 codes and `m8_absmax.`/`v8_absmax.` f32 block scales);
 //! - `trainer_state.json`: step, data cursor, seed, loss history;
 //! - `recipe.toml`: the resolved recipe;
 //! - `checksums.json`: SHA-256 of every file above. A checkpoint whose files are missing,
@@ -13,6 +14,7 @@
 //! either the previous checkpoints or a complete new one, never half of one.
 
 use super::batches::DataCursor;
+use medqlora_kernels::adamw8::reference::{Adam8State, BLOCK};
 use safetensors::tensor::TensorView;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -64,6 +66,8 @@ pub struct Checkpoint {
     pub m: BTreeMap<String, HostTensor>,
     /// AdamW second moments.
     pub v: BTreeMap<String, HostTensor>,
+    /// 8-bit AdamW moments (tensors not in `m` / `v`).
+    pub q8: BTreeMap<String, Adam8State>,
 }
 
 /// The adapter file of the f32 masters (by PEFT name), through the one PEFT writer.
@@ -75,29 +79,98 @@ fn sha256(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn serialize(tensors: &[(String, &HostTensor)]) -> Result<Vec<u8>, String> {
+/// A tensor to write: f32 values or raw u8 codes.
+enum Blob<'a> {
+    F32(Vec<usize>, &'a [f32]),
+    U8(&'a [u8]),
+}
+
+fn serialize(tensors: &[(String, Blob<'_>)]) -> Result<Vec<u8>, String> {
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
-        .map(|(k, (shape, data))| {
-            TensorView::new(safetensors::Dtype::F32, shape.clone(), bytemuck::cast_slice(data)).map(|v| (k.clone(), v))
+        .map(|(k, b)| {
+            match b {
+                Blob::F32(shape, data) => TensorView::new(safetensors::Dtype::F32, shape.clone(), bytemuck::cast_slice(data)),
+                Blob::U8(data) => TensorView::new(safetensors::Dtype::U8, vec![data.len()], data),
+            }
+            .map(|v| (k.clone(), v))
         })
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
     safetensors::serialize(views, None).map_err(|e| e.to_string())
 }
 
-fn deserialize(bytes: &[u8]) -> Result<BTreeMap<String, HostTensor>, String> {
+/// A tensor read back.
+enum Read {
+    F32(HostTensor),
+    U8(Vec<u8>),
+}
+
+fn deserialize(bytes: &[u8]) -> Result<BTreeMap<String, Read>, String> {
     let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
     st.tensors()
         .into_iter()
-        .map(|(k, v)| {
-            if v.dtype() != safetensors::Dtype::F32 {
-                return Err(format!("tensor {k} is {:?}, expected F32", v.dtype()));
+        .map(|(k, v)| match v.dtype() {
+            safetensors::Dtype::F32 => {
+                let data: Vec<f32> = v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                Ok((k, Read::F32((v.shape().to_vec(), data))))
             }
-            let data: Vec<f32> = v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-            Ok((k, (v.shape().to_vec(), data)))
+            safetensors::Dtype::U8 => Ok((k, Read::U8(v.data().to_vec()))),
+            other => Err(format!("tensor {k} is {other:?}, expected F32 or U8")),
         })
         .collect()
+}
+
+/// Sorts the optimizer tensors by prefix and checks that every master has one complete set of
+/// moments of its size.
+#[allow(clippy::type_complexity)]
+fn split_optimizer(
+    opt: BTreeMap<String, Read>,
+) -> Result<(BTreeMap<String, HostTensor>, BTreeMap<String, HostTensor>, BTreeMap<String, HostTensor>, BTreeMap<String, Adam8State>), String> {
+    let mut f32s: [BTreeMap<String, HostTensor>; 5] = Default::default();
+    let mut codes: [BTreeMap<String, Vec<u8>>; 2] = Default::default();
+    for (key, t) in opt {
+        let (prefix, name) = key.split_once('.').ok_or_else(|| format!("optimizer tensor {key} has no prefix"))?;
+        let name = name.to_owned();
+        match (prefix, t) {
+            ("master", Read::F32(t)) => f32s[0].insert(name, t).map(|_| ()),
+            ("m", Read::F32(t)) => f32s[1].insert(name, t).map(|_| ()),
+            ("v", Read::F32(t)) => f32s[2].insert(name, t).map(|_| ()),
+            ("m8_absmax", Read::F32(t)) => f32s[3].insert(name, t).map(|_| ()),
+            ("v8_absmax", Read::F32(t)) => f32s[4].insert(name, t).map(|_| ()),
+            ("m8", Read::U8(c)) => codes[0].insert(name, c).map(|_| ()),
+            ("v8", Read::U8(c)) => codes[1].insert(name, c).map(|_| ()),
+            _ => return Err(format!("optimizer tensor {key} has an unknown prefix or dtype")),
+        };
+    }
+    let [master, m, v, mut am, mut av] = f32s;
+    let [mut mc, mut vc] = codes;
+    if master.is_empty() {
+        return Err("optimizer.safetensors holds no master weights".into());
+    }
+    let mut q8 = BTreeMap::new();
+    for (name, (shape, _)) in &master {
+        let n: usize = shape.iter().product();
+        match (m.get(name), v.get(name)) {
+            (Some(a), Some(b)) if a.0 == *shape && b.0 == *shape => continue,
+            (None, None) => {}
+            _ => return Err(format!("the f32 moments of {name} are missing or of another shape")),
+        }
+        let (Some(c1), Some(c2), Some(a1), Some(a2)) = (mc.remove(name), vc.remove(name), am.remove(name), av.remove(name)) else {
+            return Err(format!("{name} has neither f32 nor complete 8-bit moments"));
+        };
+        let blocks = n.div_ceil(BLOCK);
+        if c1.len() != n || c2.len() != n || a1.1.len() != blocks || a2.1.len() != blocks {
+            return Err(format!("the 8-bit moments of {name} do not cover its {n} elements"));
+        }
+        q8.insert(name.clone(), Adam8State { m: c1, v: c2, absmax_m: a1.1, absmax_v: a2.1 });
+    }
+    // What is left of the 8-bit pieces was not claimed by a master without f32 moments.
+    let stray = m.keys().chain(v.keys()).find(|k| !master.contains_key(*k)).or_else(|| mc.keys().chain(vc.keys()).chain(am.keys()).chain(av.keys()).next());
+    if let Some(k) = stray {
+        return Err(format!("optimizer tensor {k} belongs to no master weight, or to one that has other moments"));
+    }
+    Ok((master, m, v, q8))
 }
 
 impl Checkpoint {
@@ -120,9 +193,15 @@ impl Checkpoint {
             std::fs::remove_dir_all(&tmp).map_err(werr(&tmp))?;
         }
         std::fs::create_dir_all(&tmp).map_err(werr(&tmp))?;
-        let mut optimizer: Vec<(String, &HostTensor)> = Vec::new();
+        let mut optimizer: Vec<(String, Blob<'_>)> = Vec::new();
         for (prefix, map) in [("master", &self.master), ("m", &self.m), ("v", &self.v)] {
-            optimizer.extend(map.iter().map(|(k, t)| (format!("{prefix}.{k}"), t)));
+            optimizer.extend(map.iter().map(|(k, (shape, data))| (format!("{prefix}.{k}"), Blob::F32(shape.clone(), data))));
+        }
+        for (k, q) in &self.q8 {
+            optimizer.push((format!("m8.{k}"), Blob::U8(&q.m)));
+            optimizer.push((format!("v8.{k}"), Blob::U8(&q.v)));
+            optimizer.push((format!("m8_absmax.{k}"), Blob::F32(vec![q.absmax_m.len()], &q.absmax_m)));
+            optimizer.push((format!("v8_absmax.{k}"), Blob::F32(vec![q.absmax_v.len()], &q.absmax_v)));
         }
         let files: Vec<(&str, Vec<u8>)> = vec![
             ("adapter_model.safetensors", adapter_bytes(&self.master).map_err(|e| ser_err(e.to_string()))?),
@@ -174,22 +253,8 @@ impl Checkpoint {
         let adapter_config = String::from_utf8(files["adapter_config.json"].clone()).map_err(|e| invalid(format!("adapter_config.json: {e}")))?;
         let recipe_toml = String::from_utf8(files["recipe.toml"].clone()).map_err(|e| invalid(format!("recipe.toml: {e}")))?;
         let opt = deserialize(&files["optimizer.safetensors"]).map_err(|e| invalid(format!("optimizer.safetensors: {e}")))?;
-        let mut maps: [BTreeMap<String, HostTensor>; 3] = Default::default();
-        for (key, t) in opt {
-            let (prefix, name) = key.split_once('.').ok_or_else(|| invalid(format!("optimizer tensor {key} has no prefix")))?;
-            let slot = match prefix {
-                "master" => 0,
-                "m" => 1,
-                "v" => 2,
-                _ => return Err(invalid(format!("optimizer tensor {key} has an unknown prefix"))),
-            };
-            maps[slot].insert(name.to_owned(), t);
-        }
-        let [master, m, v] = maps;
-        if master.keys().ne(m.keys()) || master.keys().ne(v.keys()) || master.is_empty() {
-            return Err(invalid("optimizer.safetensors does not hold master, m and v for the same tensors".into()));
-        }
-        Ok(Self { state, recipe_toml, adapter_config, master, m, v })
+        let (master, m, v, q8) = split_optimizer(opt).map_err(|e| invalid(format!("optimizer.safetensors: {e}")))?;
+        Ok(Self { state, recipe_toml, adapter_config, master, m, v, q8 })
     }
 }
 

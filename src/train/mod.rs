@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod metrics;
 pub mod optim;
+pub mod optim8;
 pub mod parallel;
 pub mod recipe;
 pub mod run;

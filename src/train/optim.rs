@@ -6,7 +6,9 @@
 //! State is keyed by PEFT parameter name (`model.layers.0.self_attn.q_proj.lora_A`), which is
 //! also how it is saved in checkpoints: no dependence on Burn's in-memory parameter ids.
 
-use super::recipe::{Schedule, TrainRecipe};
+use super::optim8::{self, Q8Moments};
+use super::recipe::{Optimizer, Schedule, TrainRecipe};
+use medqlora_kernels::adamw8::reference::Adam8Step;
 use burn::tensor::{backend::Backend, DType, Tensor};
 use std::collections::BTreeMap;
 
@@ -70,16 +72,19 @@ pub struct AdamWConfig {
     pub eps: f64,
     /// Decoupled weight decay.
     pub weight_decay: f64,
+    /// 8-bit blockwise moments for tensors of at least 4,096 elements.
+    pub eight_bit: bool,
 }
 
 impl AdamWConfig {
     /// From the recipe's `[train]` table.
     pub fn from_recipe(t: &TrainRecipe) -> Self {
-        Self { beta1: t.beta1, beta2: t.beta2, eps: t.eps, weight_decay: t.weight_decay }
+        Self { beta1: t.beta1, beta2: t.beta2, eps: t.eps, weight_decay: t.weight_decay, eight_bit: t.optimizer == Optimizer::Adamw8bit }
     }
 }
 
-/// Master weights and moments of every trainable tensor, all f32.
+/// Master weights (f32) and moments of every trainable tensor. Each tensor's moments are
+/// either in `m` and `v` (f32) or in `q8` (8-bit, [`AdamWConfig::eight_bit`]).
 pub struct AdamW<B: Backend> {
     /// Hyper-parameters.
     pub config: AdamWConfig,
@@ -87,20 +92,38 @@ pub struct AdamW<B: Backend> {
     pub steps: usize,
     /// f32 master weights.
     pub master: NamedTensors<B>,
-    /// First moments.
+    /// f32 first moments.
     pub m: NamedTensors<B>,
-    /// Second moments.
+    /// f32 second moments.
     pub v: NamedTensors<B>,
+    /// 8-bit moments.
+    pub q8: BTreeMap<String, Q8Moments<B>>,
 }
 
 impl<B: Backend> AdamW<B> {
     /// Fresh state for `params` (their current values become the f32 masters).
     pub fn new(config: AdamWConfig, params: NamedTensors<B>) -> Self {
         let master: NamedTensors<B> = params.into_iter().map(|(k, p)| (k, p.cast(DType::F32))).collect();
+        let q8_of = |p: &Tensor<B, 2>| config.eight_bit && optim8::uses_8bit(p.shape().num_elements());
         let zeros = |t: &Tensor<B, 2>| t.zeros_like();
-        let m = master.iter().map(|(k, p)| (k.clone(), zeros(p))).collect();
-        let v = master.iter().map(|(k, p)| (k.clone(), zeros(p))).collect();
-        Self { config, steps: 0, master, m, v }
+        let m = master.iter().filter(|(_, p)| !q8_of(p)).map(|(k, p)| (k.clone(), zeros(p))).collect();
+        let v = master.iter().filter(|(_, p)| !q8_of(p)).map(|(k, p)| (k.clone(), zeros(p))).collect();
+        let q8 = master
+            .iter()
+            .filter(|(_, p)| q8_of(p))
+            .map(|(k, p)| {
+                let n = p.shape().num_elements();
+                (k.clone(), Q8Moments::from_host(&medqlora_kernels::adamw8::reference::Adam8State::zeros(n), &p.device()))
+            })
+            .collect();
+        Self { config, steps: 0, master, m, v, q8 }
+    }
+
+    /// Bytes of optimizer state on the device (masters and moments).
+    pub fn state_bytes(&self) -> usize {
+        let f32s = |m: &NamedTensors<B>| m.values().map(|t| 4 * t.shape().num_elements()).sum::<usize>();
+        let q8: usize = self.q8.values().map(|q| 2 * q.len() + 8 * q.absmax_m.dims()[0]).sum();
+        f32s(&self.master) + f32s(&self.m) + f32s(&self.v) + q8
     }
 
     /// One update with learning rate `lr`; `grads` must have exactly the master's names.
@@ -110,7 +133,13 @@ impl<B: Backend> AdamW<B> {
         let t = (self.steps + 1) as i32;
         let bias1 = 1.0 - c.beta1.powi(t);
         let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+        let h8 = Adam8Step::new(lr, c.beta1, c.beta2, c.eps, c.weight_decay, self.steps + 1);
         for (name, g) in grads {
+            if let (Some(q), Some(p)) = (self.q8.get_mut(&name), self.master.get_mut(&name)) {
+                let (np, nq) = optim8::step(p.clone(), g, q, &h8);
+                (*p, *q) = (np, nq);
+                continue;
+            }
             let g = g.cast(DType::F32);
             let (Some(p), Some(m), Some(v)) = (self.master.get_mut(&name), self.m.get_mut(&name), self.v.get_mut(&name)) else {
                 continue;
@@ -161,7 +190,7 @@ mod tests {
     fn adamw_matches_torch_formula() {
         let dev = Default::default();
         let t = |v: Vec<f32>| Tensor::<CpuBackend, 2>::from_data(TensorData::new(v, [1, 3]), &dev);
-        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 };
+        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1, eight_bit: false };
         let p0 = [0.5f64, -1.0, 2.0];
         let gs = [[0.1f64, -0.2, 0.3], [0.05, 0.4, -0.1]];
         let mut opt = AdamW::new(cfg, [("w".to_string(), t(p0.iter().map(|&x| x as f32).collect()))].into());

@@ -184,6 +184,20 @@ pub enum Schedule {
     Constant,
 }
 
+/// How AdamW keeps its moments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Optimizer {
+    /// f32 moments (torch.optim.AdamW; Axolotl's `adamw_torch`).
+    #[default]
+    Adamw,
+    #[value(name = "adamw_8bit")]
+    #[serde(rename = "adamw_8bit")]
+    /// 8-bit blockwise moments (bitsandbytes' `AdamW8bit`; Axolotl's `adamw_bnb_8bit`): 2 bytes
+    /// per parameter instead of 8, tensors under 4,096 elements stay f32.
+    Adamw8bit,
+}
+
 /// Optimization.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -207,6 +221,9 @@ pub struct TrainRecipe {
     /// Final lr as a fraction of `lr` (cosine, linear).
     #[serde(default)]
     pub min_lr_ratio: f64,
+    /// Optimizer state format: `adamw` (f32 moments) or `adamw_8bit`.
+    #[serde(default)]
+    pub optimizer: Optimizer,
     /// AdamW decoupled weight decay.
     #[serde(default)]
     pub weight_decay: f64,

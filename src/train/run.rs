@@ -6,6 +6,7 @@ use super::checkpoint::{self, Checkpoint, CheckpointError, HostTensor, TrainerSt
 use super::data::{prepare, Prepared};
 use super::metrics::{Metrics, MetricsError, StepMetrics};
 use super::optim::{clip_global_norm, learning_rate, AdamW, AdamWConfig, NamedTensors};
+use super::optim8::Q8Moments;
 use super::parallel::{self, accumulate, total_nll, Group, MicroSettings, ParallelError, ParallelTask, RankData, Reducers, StepBatches};
 use super::recipe::{BaseQuant, ModelRecipe, Recipe};
 use super::step::{adapter_names, eval_loss, trainable};
@@ -189,7 +190,7 @@ fn load_base<B: Backend>(recipe: &Recipe, dir: &Path, device: &B::Device) -> Res
             Some(QuantizeOnLoad { blocksize: *blocksize, double_quant: *double_quant, skip: skip.clone() })
         }
     };
-    Ok(Qwen2ForCausalLM::load_with(&config, &store, device, q.as_ref())?)
+    Ok(Qwen2ForCausalLM::load_resident(&config, &store, device, q.as_ref())?)
 }
 
 /// The frozen base on `device` with fresh adapters, in training mode, and its total and
@@ -339,10 +340,20 @@ fn run_on<B: AutodiffBackend>(task: Task<'_>, device: &B::Device, mut group: Opt
                 return Err(TrainError::Mismatch { path: dir, problem: format!("{name} has shape {shape:?}, the model needs {want:?}") });
             }
         }
+        // The recipe decides the state format; a checkpoint of the other format is refused
+        // rather than converted (its moments would not continue the run bit for bit).
+        if ck.q8.keys().ne(opt.q8.keys()) {
+            let (has, wants) = (if ck.q8.is_empty() { "adamw" } else { "adamw_8bit" }, if opt.q8.is_empty() { "adamw" } else { "adamw_8bit" });
+            return Err(TrainError::Mismatch {
+                path: dir,
+                problem: format!("its optimizer states are {has} but the recipe sets train.optimizer = \"{wants}\"; resume with the optimizer the run started with"),
+            });
+        }
         let up = |m: &BTreeMap<String, HostTensor>| m.iter().map(|(k, v)| (k.clone(), to_device::<B::InnerBackend>(v, device))).collect();
         opt.master = up(&ck.master);
         opt.m = up(&ck.m);
         opt.v = up(&ck.v);
+        opt.q8 = ck.q8.iter().map(|(k, s)| (k.clone(), Q8Moments::from_host(s, device))).collect();
         opt.steps = ck.state.step;
         state = ck.state.clone();
         load_into_model(&mut model, &opt.master);
@@ -360,6 +371,7 @@ fn run_on<B: AutodiffBackend>(task: Task<'_>, device: &B::Device, mut group: Opt
             master: host_map(&opt.master),
             m: host_map(&opt.m),
             v: host_map(&opt.v),
+            q8: opt.q8.iter().map(|(k, q)| (k.clone(), q.to_host())).collect(),
         };
         Ok(ck.save(&checkpoints_dir, t.keep_last)?)
     };

@@ -6,10 +6,15 @@
 # (the two do not fit one call's 64 MiB, so they are separate calls of one session).
 # Peak memory.used above the idle baseline is sampled by nvidia-smi every 100 ms, the same way
 # for both. The random checkpoint stays in models/rand-SIZE for the next call.
-# Usage: bash tools/device/train-bench.sh mq|py SIZE...      (SIZE: 0.5b, 7b)
+# Usage: bash tools/device/train-bench.sh mq|py SIZE... [-- EXTRA]   (SIZE: 0.5b, 7b; EXTRA:
+# more flags for `medqlora bench train` / the Python script, e.g. `-- --optimizer adamw_8bit`; repeat the call for a
+# second variant: the model and the kernel cache stay on a warm machine)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 who=${1:?mq or py}; shift
+sizes=(); while [ $# -gt 0 ] && [ "$1" != -- ]; do sizes+=("$1"); shift; done
+[ "${1:-}" = -- ] && shift
+extra=("$@")
 source "$(dirname "$0")/kcache.sh"
 kcache_restore
 if [ "$who" = mq ]; then
@@ -25,15 +30,15 @@ peak() {  # runs "$@", prints its last stdout line + the peak MiB above the idle
   kill $pid; sleep 0.3
   echo "$line | peak GPU memory.used $(( $(sort -n /tmp/mem.log | tail -1) - base )) MiB"
 }
-for size in "$@"; do
+for size in "${sizes[@]}"; do
   cfg=tools/configs/qwen2.5-$size.json; [ "$size" = 7b ] && cfg=tools/configs/qwen2.5-7b-text.json
   m=models/rand-$size
   [ -f $m/config.json ] || python3 tools/make_random_model.py $cfg $m 2>&1 | tail -1
   if [ "$who" = mq ]; then
-    peak $bin --kernel-cache $PWD/.kcache --autotune minimal bench train --model $m --device cuda --dtype bf16 --quantize nf4 --seq 2048 --r 64 --steps 3 --warmup 2
+    peak $bin --kernel-cache $PWD/.kcache --autotune minimal bench train --model $m --device cuda --dtype bf16 --quantize nf4 --seq 2048 --r 64 --steps ${STEPS:-3} --warmup ${WARMUP:-2} "${extra[@]}"
   else
-    peak python3 tools/bench_transformers_qlora.py $m --seq 2048 --r 64 --steps 3 --warmup 2
+    peak python3 tools/bench_transformers_qlora.py $m --seq 2048 --r 64 --steps 3 --warmup 2 "${extra[@]}"
   fi
 done
-tail -5 "$OUT/stderr.log"
+grep -E "^(memory|step|optimizer)" "$OUT/stderr.log" | tail -12
 echo "==== $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
