@@ -79,7 +79,18 @@ pub const QUERY_BLOCK: usize = 512;
 /// `q: [b, kv_heads, rep, s, d]` (query head `kv * rep + r` at `[_, kv, r]`), `k, v:
 /// [b, kv_heads, seen + s, d]`, `mask: [b or 1, 1, 1, s, seen + s]`, `true` = hidden, causal
 /// (a query never sees a later position) -> `[b, kv_heads, rep, s, d]`.
+///
+/// Under autodiff (training) this is one operation that keeps only q, k, v and recomputes the
+/// probabilities in its backward ([`super::attention_grad`]); otherwise [`attend_causal_ops`].
 pub fn attend_causal<B: Backend>(q: Tensor<B, 5>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: &Tensor<B, 5, Bool>, block: usize) -> Tensor<B, 5> {
+    match super::attention_grad::try_autodiff(q, k, v, mask, block) {
+        Ok(out) => out,
+        Err((q, k, v)) => attend_causal_ops(q, k, v, mask, block),
+    }
+}
+
+/// [`attend_causal`] from tensor ops (what autodiff would differentiate op by op).
+pub fn attend_causal_ops<B: Backend>(q: Tensor<B, 5>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: &Tensor<B, 5, Bool>, block: usize) -> Tensor<B, 5> {
     let [_, _, _, s, _] = q.dims();
     let t = k.dims()[2];
     let seen = t - s;
@@ -114,7 +125,7 @@ fn attend<B: Backend>(q: Tensor<B, 5>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: T
 
 #[cfg(test)]
 mod tests {
-    use super::attend_causal;
+    use super::{attend_causal, attend_causal_ops};
     use crate::model::text::causal_mask;
     use burn::backend::{Autodiff, NdArray};
     use burn::tensor::{Bool, Distribution, Tensor, TensorData};
@@ -127,9 +138,11 @@ mod tests {
         (diff / norm).sqrt()
     }
 
-    /// Blocked attention equals one block over the whole sequence: outputs and the gradients
-    /// of q, k, v, with and without a cache prefix, with a padding mask on top of causality,
-    /// for blocks that divide the sequence and blocks that leave a remainder.
+    /// Blocked attention equals one block over the whole sequence, and the single autodiff
+    /// operation (`attend_causal` under autodiff, which recomputes the probabilities in its
+    /// backward) equals autodiff through the tensor ops: outputs and the gradients of q, k, v,
+    /// with and without a cache prefix, with a padding mask on top of causality, for blocks
+    /// that divide the sequence and blocks that leave a remainder.
     #[test]
     fn query_blocks_give_the_unblocked_attention_and_gradients() {
         let dev = Default::default();
@@ -147,22 +160,25 @@ mod tests {
             let k0 = Tensor::<NdArray<f32>, 4>::random([b, kvh, t, d], Distribution::Normal(0.0, 1.0), &dev);
             let v0 = Tensor::<NdArray<f32>, 4>::random([b, kvh, t, d], Distribution::Normal(0.0, 1.0), &dev);
             let g = Tensor::<NdArray<f32>, 5>::random([b, kvh, rep, s, d], Distribution::Normal(0.0, 1.0), &dev);
-            let run = |block: usize| {
+            let run = |block: usize, one_op: bool| {
                 let q = Tensor::<A, 5>::from_inner(q0.clone()).require_grad();
                 let k = Tensor::<A, 4>::from_inner(k0.clone()).require_grad();
                 let v = Tensor::<A, 4>::from_inner(v0.clone()).require_grad();
-                let out = attend_causal(q.clone(), k.clone(), v.clone(), &mask, block);
+                let f = if one_op { attend_causal::<A> } else { attend_causal_ops::<A> };
+                let out = f(q.clone(), k.clone(), v.clone(), &mask, block);
                 let grads = (out.clone() * Tensor::from_inner(g.clone())).sum().backward();
                 let dk: Tensor<NdArray<f32>, 4> = k.grad(&grads).unwrap();
                 let dv: Tensor<NdArray<f32>, 4> = v.grad(&grads).unwrap();
                 (out.inner(), q.grad(&grads).unwrap(), dk.unsqueeze::<5>(), dv.unsqueeze::<5>())
             };
-            let whole = run(s);
-            for block in [1, 4, 5, 10] {
-                let blocked = run(block);
-                for (what, x, y) in [("out", &blocked.0, &whole.0), ("dq", &blocked.1, &whole.1), ("dk", &blocked.2, &whole.2), ("dv", &blocked.3, &whole.3)] {
-                    let e = rel(x, y);
-                    assert!(e < 1e-5, "seen {seen}, block {block}: {what} differs by {e:e} (relative L2)");
+            let whole = run(s, false);
+            for block in [1, 4, 5, 10, s] {
+                for one_op in [false, true] {
+                    let blocked = run(block, one_op);
+                    for (what, x, y) in [("out", &blocked.0, &whole.0), ("dq", &blocked.1, &whole.1), ("dk", &blocked.2, &whole.2), ("dv", &blocked.3, &whole.3)] {
+                        let e = rel(x, y);
+                        assert!(e < 1e-5, "seen {seen}, block {block}, one op {one_op}: {what} differs by {e:e} (relative L2)");
+                    }
                 }
             }
         }

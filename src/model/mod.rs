@@ -1,6 +1,7 @@
 //! The Qwen2 / Qwen2.5 model family in Burn, HF names and layouts kept end to end.
 
 pub mod attention;
+pub mod attention_grad;
 pub mod config;
 pub mod inventory;
 pub mod kv_cache;

@@ -1,0 +1,214 @@
+//! Causal attention as one autodiff operation that keeps only its inputs.
+//!
+//! Under Burn's autodiff, [`super::attention::attend_causal`] built from tensor ops keeps every
+//! query block's f32 probabilities and their bf16 copy for the backward: for a 7B layer at
+//! 2,048 tokens that is ~0.44 GB, held from the layer's forward through its backward, and it
+//! is what the recomputed layer of a checkpointed step adds most besides the MLP. This
+//! operation keeps q, k, v (alive anyway: the projections' outputs) and recomputes each block's
+//! probabilities in the backward (FlashAttention's backward, at the granularity of Burn ops):
+//! per block `S = q k^T * d^-0.5`, `P = softmax(S)` in f32, `dV += P^T dO`, `dP = dO V^T`,
+//! `dS = P * (dP - rowsum(P * dP))`, `dQ = dS K * d^-0.5`, `dK += dS^T Q * d^-0.5`, with the
+//! same dtype changes as the tensor-op version's gradients (matmuls in the compute dtype,
+//! softmax and its gradient in f32), so the two agree to rounding (tested).
+//!
+//! Used on the autodiff backends the trainer runs (CPU, CUDA bf16/f32), recognized by type
+//! at run time as the NF4 product is; any other backend takes the tensor-op version.
+
+use super::attention::attend_causal_ops;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::Autodiff;
+use burn::tensor::activation::softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::{BoolTensor, FloatTensor};
+use burn::tensor::{Bool, DType, Tensor, TensorPrimitive};
+use std::any::Any;
+
+fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// Gradients of [`attend_causal_ops`] w.r.t. `q [b, kvh, rep, s, d]`, `k, v [b, kvh, t, d]`
+/// for the output gradient `dout [b, kvh, rep, s, d]`, recomputing the probabilities block
+/// by block (`block` query rows, as the forward).
+pub fn attention_backward<B: Backend>(
+    q: Tensor<B, 5>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Tensor<B, 5, Bool>,
+    dout: Tensor<B, 5>,
+    block: usize,
+) -> (Tensor<B, 5>, Tensor<B, 4>, Tensor<B, 4>) {
+    let [b, kvh, rep, s, d] = q.dims();
+    let t = k.dims()[2];
+    let seen = t - s;
+    let block = block.max(1).min(s.max(1));
+    let scale = (d as f64).powf(-0.5);
+    let dtype = q.dtype();
+    let mut dk = k.zeros_like();
+    let mut dv = v.zeros_like();
+    let mut dqs = Vec::with_capacity(s.div_ceil(block));
+    for r0 in (0..s).step_by(block) {
+        let n = (r0 + block).min(s) - r0;
+        // The forward's single block (s <= block) reads every key, as `attend` does.
+        let keys = if s <= block { t } else { seen + r0 + n };
+        let qb = q.clone().narrow(3, r0, n).reshape([b, kvh, rep * n, d]);
+        let kb = k.clone().narrow(2, 0, keys);
+        let vb = v.clone().narrow(2, 0, keys);
+        let m = mask.clone().narrow(3, r0, n).narrow(4, 0, keys).expand([b, kvh, rep, n, keys]);
+        let scores = qb.clone().matmul(kb.clone().swap_dims(2, 3)).mul_scalar(scale).cast(DType::F32).reshape([b, kvh, rep, n, keys]);
+        let p = softmax(scores.mask_fill(m, f32::NEG_INFINITY), 4);
+        let dob = dout.clone().narrow(3, r0, n).reshape([b, kvh, rep * n, d]);
+        let pd = p.clone().cast(dtype).reshape([b, kvh, rep * n, keys]);
+        let dvb = pd.swap_dims(2, 3).matmul(dob.clone());
+        let dp = dob.matmul(vb.swap_dims(2, 3)).cast(DType::F32).reshape([b, kvh, rep, n, keys]);
+        let row = (p.clone() * dp.clone()).sum_dim(4);
+        let ds = (p * (dp - row)).cast(dtype).mul_scalar(scale).reshape([b, kvh, rep * n, keys]);
+        dqs.push(ds.clone().matmul(kb).reshape([b, kvh, rep, n, d]));
+        let dkb = ds.swap_dims(2, 3).matmul(qb);
+        let range = [0..b, 0..kvh, 0..keys, 0..d];
+        dk = dk.clone().slice_assign(range.clone(), dk.slice(range.clone()) + dkb);
+        dv = dv.clone().slice_assign(range.clone(), dv.slice(range) + dvb);
+    }
+    (Tensor::cat(dqs, 3), dk, dv)
+}
+
+/// The operation's backward: its saved inputs and the block size.
+#[derive(Debug)]
+struct CausalAttentionBackward;
+
+/// What the backward keeps: the inputs (handles shared with the forward) and the block.
+#[derive(Debug, Clone)]
+struct Saved<B: Backend> {
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    mask: BoolTensor<B>,
+    block: usize,
+}
+
+impl<B: Backend> Backward<B, 3> for CausalAttentionBackward {
+    type State = Saved<B>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_q, node_k, node_v] = ops.parents;
+        let dout = float::<B, 5>(grads.consume::<B>(&ops.node));
+        let st = ops.state;
+        let (dq, dk, dv) =
+            attention_backward(float::<B, 5>(st.q), float::<B, 4>(st.k), float::<B, 4>(st.v), Tensor::from_primitive(st.mask), dout, st.block);
+        if let Some(node) = node_q {
+            grads.register::<B>(node.id, dq.into_primitive().tensor());
+        }
+        if let Some(node) = node_k {
+            grads.register::<B>(node.id, dk.into_primitive().tensor());
+        }
+        if let Some(node) = node_v {
+            grads.register::<B>(node.id, dv.into_primitive().tensor());
+        }
+    }
+}
+
+/// The operation on `Autodiff<B, C>`: forward on `B` without a tape, one node for autodiff.
+fn on_autodiff<B: Backend, C: CheckpointStrategy>(
+    q: Tensor<Autodiff<B, C>, 5>,
+    k: Tensor<Autodiff<B, C>, 4>,
+    v: Tensor<Autodiff<B, C>, 4>,
+    mask: &Tensor<Autodiff<B, C>, 5, Bool>,
+    block: usize,
+) -> Tensor<Autodiff<B, C>, 5> {
+    let (q, k, v) = (q.into_primitive().tensor(), k.into_primitive().tensor(), v.into_primitive().tensor());
+    let mask_inner: BoolTensor<B> = mask.clone().into_primitive();
+    let out = attend_causal_ops::<B>(
+        float(q.primitive.clone()),
+        float(k.primitive.clone()),
+        float(v.primitive.clone()),
+        &Tensor::from_primitive(mask_inner.clone()),
+        block,
+    )
+    .into_primitive()
+    .tensor();
+    let parents = [q.node.clone(), k.node.clone(), v.node.clone()];
+    let out = match CausalAttentionBackward.prepare::<C>(parents).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            prep.finish(Saved { q: q.primitive, k: k.primitive, v: v.primitive, mask: mask_inner, block }, out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    float(out)
+}
+
+/// Runs the operation when `B` is one of the autodiff backends training uses; gives the
+/// inputs back otherwise.
+#[allow(clippy::type_complexity)]
+pub fn try_autodiff<B: Backend>(
+    q: Tensor<B, 5>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: &Tensor<B, 5, Bool>,
+    block: usize,
+) -> Result<Tensor<B, 5>, (Tensor<B, 5>, Tensor<B, 4>, Tensor<B, 4>)> {
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    use burn::backend::NdArray;
+    let back = match via::<B, NdArray<f32>, NoCheckpointing>(q, k, v, mask, block) {
+        Ok(y) => return Ok(y),
+        Err(back) => back,
+    };
+    #[cfg(feature = "cuda")]
+    let back = {
+        use burn::backend::Cuda;
+        let (q, k, v) = back;
+        let back = match via::<B, Cuda<half::bf16>, NoCheckpointing>(q, k, v, mask, block) {
+            Ok(y) => return Ok(y),
+            Err(back) => back,
+        };
+        let (q, k, v) = back;
+        match via::<B, Cuda<f32>, NoCheckpointing>(q, k, v, mask, block) {
+            Ok(y) => return Ok(y),
+            Err(back) => back,
+        }
+    };
+    Err(back)
+}
+
+/// [`on_autodiff`] if `B` is `Autodiff<I, C>`.
+#[allow(clippy::type_complexity)]
+fn via<B: Backend, I: Backend, C: CheckpointStrategy>(
+    q: Tensor<B, 5>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: &Tensor<B, 5, Bool>,
+    block: usize,
+) -> Result<Tensor<B, 5>, (Tensor<B, 5>, Tensor<B, 4>, Tensor<B, 4>)> {
+    type A<I, C> = Autodiff<I, C>;
+    let Some(mask) = (mask as &dyn Any).downcast_ref::<Tensor<A<I, C>, 5, Bool>>() else { return Err((q, k, v)) };
+    let cast = |t: Box<dyn Any>| t;
+    let q = *cast(Box::new(q)).downcast::<Tensor<A<I, C>, 5>>().expect("B is Autodiff<I, C>");
+    let k = *cast(Box::new(k)).downcast::<Tensor<A<I, C>, 4>>().expect("B is Autodiff<I, C>");
+    let v = *cast(Box::new(v)).downcast::<Tensor<A<I, C>, 4>>().expect("B is Autodiff<I, C>");
+    let out = on_autodiff::<I, C>(q, k, v, mask, block);
+    Ok(*cast(Box::new(out)).downcast::<Tensor<B, 5>>().expect("Autodiff<I, C> is B"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::try_autodiff;
+    use crate::model::text::causal_mask;
+    use burn::backend::{Autodiff, NdArray};
+    use burn::tensor::{Distribution, Tensor};
+
+    /// The operation is taken on the CPU autodiff backend (which the gradient tests then
+    /// check against PEFT end to end) and not on a backend without autodiff.
+    #[test]
+    fn taken_under_autodiff_only() {
+        fn call<B: burn::tensor::backend::Backend>() -> bool {
+            let dev = Default::default();
+            let q = Tensor::<B, 5>::random([1, 1, 2, 5, 4], Distribution::Normal(0.0, 1.0), &dev);
+            let kv = || Tensor::<B, 4>::random([1, 1, 5, 4], Distribution::Normal(0.0, 1.0), &dev);
+            try_autodiff(q, kv(), kv(), &causal_mask::<B>(5, 0, &dev), 2).is_ok()
+        }
+        assert!(call::<Autodiff<NdArray<f32>>>());
+        assert!(!call::<NdArray<f32>>());
+    }
+}
