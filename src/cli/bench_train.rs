@@ -8,7 +8,8 @@ use crate::lora::LoraSpec;
 use crate::train::batches::Batch;
 use crate::train::optim::{clip_global_norm, AdamW, AdamWConfig, NamedTensors};
 use crate::train::run::load_into_model;
-use crate::train::step::{forward_backward, trainable};
+use crate::train::step::{eval_loss, forward_backward, trainable};
+use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -37,6 +38,11 @@ pub struct BenchTrainArgs {
     /// Keep every layer's activations instead of recomputing them.
     #[arg(long)]
     pub no_checkpointing: bool,
+    /// Also split each timed step into forward + head (timed again alone, without a tape),
+    /// backward (recompute and gradients: the rest until the gradient norm is known) and
+    /// optimizer (update and copy into the model).
+    #[arg(long)]
+    pub profile: bool,
     /// Base weight format.
     #[arg(long, value_enum, default_value = "nf4")]
     pub quantize: QuantizeFlag,
@@ -105,7 +111,9 @@ impl AutodiffTask for Task {
             let mut grads = NamedTensors::new();
             let l = forward_backward(&model, &batch, 1.0 / batch.scored_tokens() as f64, !a.no_checkpointing, step as u64, &mut grads);
             let after_backward = crate::gpu_runtime::memory(a.device.device);
+            // The norm is read back, so every gradient exists when it returns.
             clip_global_norm(&mut grads, 1.0);
+            let backward_done = start.elapsed().as_secs_f64();
             opt.step(grads, 2e-4);
             load_into_model(&mut model, &opt.master);
             // The step ends when the updated weights exist on the device.
@@ -120,6 +128,16 @@ impl AutodiffTask for Task {
             );
             if step >= a.warmup {
                 times.push(secs);
+                if a.profile {
+                    let t = Instant::now();
+                    let _ = eval_loss(&model.valid(), &batch);
+                    let forward = t.elapsed().as_secs_f64();
+                    eprintln!(
+                        "profile step {step}: forward + head {forward:.3}s, backward (recompute + gradients) {:.3}s, optimizer {:.3}s",
+                        backward_done - forward,
+                        secs - backward_done
+                    );
+                }
             }
         }
         let tok_s = (n * times.len()) as f64 / times.iter().sum::<f64>();

@@ -7,7 +7,8 @@
 # Peak memory.used above the idle baseline is sampled by nvidia-smi every 100 ms, the same way
 # for both. The random checkpoint stays in models/rand-SIZE for the next call.
 # Usage: bash tools/device/train-bench.sh mq|py SIZE... [-- EXTRA]   (SIZE: 0.5b, 7b; EXTRA:
-# more flags for `medqlora bench train` / the Python script, e.g. `-- --optimizer adamw_8bit`; repeat the call for a
+# more flags for `medqlora bench train` / the Python script, e.g. `-- --optimizer adamw_8bit`
+# (medqlora also takes `--profile`: forward / backward / optimizer seconds per step); repeat the call for a
 # second variant: the model and the kernel cache stay on a warm machine)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -40,5 +41,5 @@ for size in "${sizes[@]}"; do
     peak python3 tools/bench_transformers_qlora.py $m --seq 2048 --r 64 --steps 3 --warmup 2 "${extra[@]}"
   fi
 done
-grep -E "^(memory|step|optimizer)" "$OUT/stderr.log" | tail -12
+grep -E "^(memory|step|optimizer|profile)" "$OUT/stderr.log" | tail -12
 echo "==== $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
