@@ -7,9 +7,10 @@
 # Peak memory.used above the idle baseline is sampled by nvidia-smi every 100 ms, the same way
 # for both. The random checkpoint stays in models/rand-SIZE for the next call.
 # Usage: bash tools/device/train-bench.sh mq|py SIZE... [-- EXTRA]   (SIZE: 0.5b, 7b; EXTRA:
-# more flags for `medqlora bench train` / the Python script, e.g. `-- --optimizer adamw_8bit`
-# (medqlora also takes `--profile`: forward / backward / optimizer seconds per step); repeat the call for a
-# second variant: the model and the kernel cache stay on a warm machine)
+# more flags for `medqlora bench train` / the Python script, e.g. `-- --optimizer adamw_8bit`;
+# medqlora also takes `--profile`: forward / backward / optimizer seconds per step). STEPS and
+# WARMUP (default 3 and 2) set medqlora's timed and untimed steps. Repeat the call for a second
+# variant: the model and the kernel cache stay on a warm machine.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 who=${1:?mq or py}; shift
