@@ -262,9 +262,23 @@ fn eight_bit_adamw_checkpoints_and_resumes_exactly() {
         assert!(std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(), "{f} differs after resume");
     }
 
-    // The same run with f32 moments cannot continue from 8-bit ones.
+    // The same run with f32 moments: 8-bit moments follow its loss curve closely ...
     let f32_recipe = dir.join("adamw.toml");
     std::fs::write(&f32_recipe, recipe.replace("optimizer = \"adamw_8bit\"", "optimizer = \"adamw\"")).unwrap();
+    let f32_run = dir.join("f32");
+    ok(bin().arg("train").arg(&f32_recipe).arg("--output-dir").arg(&f32_run).output().unwrap());
+    let curve = |run: &Path| -> Vec<f64> {
+        state(&run.join("checkpoints").join("step-000008"))["losses"].as_array().unwrap().iter().map(|p| p[1].as_f64().unwrap()).collect()
+    };
+    let (c8, c32) = (curve(&straight), curve(&f32_run));
+    println!("losses, 8-bit moments: {c8:.6?}\nlosses, f32 moments:   {c32:.6?}");
+    assert_eq!(c8[0], c32[0], "the first step's loss comes before any update");
+    assert!(c8 != c32, "the moments' rounding changes the trajectory (else 8-bit was not used)");
+    for (step, (a, b)) in c8.iter().zip(&c32).enumerate() {
+        assert!((a - b).abs() <= 0.05 * b, "step {}: 8-bit loss {a:.4} vs f32 {b:.4}", step + 1);
+    }
+    assert!(c8[7] < 0.95 * c8[0], "8-bit AdamW lowers the loss: {:.4} -> {:.4}", c8[0], c8[7]);
+    // ... and cannot continue a run from 8-bit ones.
     let out = bin().arg("train").arg(&f32_recipe).arg("--output-dir").arg(dir.join("never")).arg("--resume").arg(&ck4).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("train.optimizer") && err.contains("adamw_8bit"), "{err}");
