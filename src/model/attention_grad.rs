@@ -172,6 +172,15 @@ pub fn try_autodiff<B: Backend>(
     Err(back)
 }
 
+/// `t` as a `U` when it is one (the run-time backend check), else `t` back.
+pub(crate) fn cast<T: 'static, U: 'static>(t: T) -> Result<U, T> {
+    let b: Box<dyn Any> = Box::new(t);
+    match b.downcast::<U>() {
+        Ok(u) => Ok(*u),
+        Err(b) => Err(*b.downcast::<T>().expect("the value's own type")),
+    }
+}
+
 /// [`on_autodiff`] if `B` is `Autodiff<I, C>`.
 #[allow(clippy::type_complexity)]
 fn via<B: Backend, I: Backend, C: CheckpointStrategy>(
@@ -183,12 +192,11 @@ fn via<B: Backend, I: Backend, C: CheckpointStrategy>(
 ) -> Result<Tensor<B, 5>, (Tensor<B, 5>, Tensor<B, 4>, Tensor<B, 4>)> {
     type A<I, C> = Autodiff<I, C>;
     let Some(mask) = (mask as &dyn Any).downcast_ref::<Tensor<A<I, C>, 5, Bool>>() else { return Err((q, k, v)) };
-    let cast = |t: Box<dyn Any>| t;
-    let q = *cast(Box::new(q)).downcast::<Tensor<A<I, C>, 5>>().expect("B is Autodiff<I, C>");
-    let k = *cast(Box::new(k)).downcast::<Tensor<A<I, C>, 4>>().expect("B is Autodiff<I, C>");
-    let v = *cast(Box::new(v)).downcast::<Tensor<A<I, C>, 4>>().expect("B is Autodiff<I, C>");
-    let out = on_autodiff::<I, C>(q, k, v, mask, block);
-    Ok(*cast(Box::new(out)).downcast::<Tensor<B, 5>>().expect("Autodiff<I, C> is B"))
+    let same = "B is Autodiff<I, C>: the mask is";
+    let q = cast::<_, Tensor<A<I, C>, 5>>(q).unwrap_or_else(|_| unreachable!("{same}"));
+    let k = cast::<_, Tensor<A<I, C>, 4>>(k).unwrap_or_else(|_| unreachable!("{same}"));
+    let v = cast::<_, Tensor<A<I, C>, 4>>(v).unwrap_or_else(|_| unreachable!("{same}"));
+    Ok(cast::<_, Tensor<B, 5>>(on_autodiff::<I, C>(q, k, v, mask, block)).unwrap_or_else(|_| unreachable!("{same}")))
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use super::linear::Linear;
 use burn::module::Module;
-use burn::tensor::{activation::silu, backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, Tensor};
 
 /// The gated feed-forward block of a decoder layer.
 #[derive(Module, Debug)]
@@ -19,7 +19,6 @@ pub struct Mlp<B: Backend> {
 impl<B: Backend> Mlp<B> {
     /// `x: [batch, seq, hidden] -> [batch, seq, hidden]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        self.down_proj.forward(super::swiglu::swiglu(self.gate_proj.forward(x.clone()), self.up_proj.forward(x)))
     }
 }

@@ -11,6 +11,7 @@ pub mod mlp;
 pub mod nf4_weight;
 pub mod norm;
 pub mod rope;
+pub mod swiglu;
 pub mod text;
 pub mod tiny;
 

@@ -1,0 +1,144 @@
+//! `silu(gate) * up` (the Qwen2 MLP's activation, transformers `Qwen2MLP.forward`) as one
+//! autodiff operation that keeps only its two inputs.
+//!
+//! Through tensor ops autodiff keeps `gate`, `sigmoid(gate)`, `silu(gate)` and `up` for the
+//! backward: four `[tokens, intermediate]` tensors, 0.31 GB per 7B layer at 2,048 tokens in
+//! bf16, held through the recomputed layer's backward. This operation keeps `gate` and `up` and
+//! recomputes the sigmoid: `d up = dh * silu(g)`, `d gate = dh * up * s * (1 + g (1 - s))` with
+//! `s = sigmoid(g)`, in the tensors' dtype as autodiff computes them (tested equal to it).
+//! Taken on the autodiff backends training uses (recognized by type, like the attention
+//! operation); elsewhere the tensor ops.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::Autodiff;
+use burn::tensor::activation::{sigmoid, silu};
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Tensor, TensorPrimitive};
+
+fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// `silu(gate) * up`, elementwise, same shapes.
+pub fn swiglu<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) -> Tensor<B, D> {
+    let back = match via::<B, burn::backend::NdArray<f32>, D>(gate, up) {
+        Ok(y) => return y,
+        Err(back) => back,
+    };
+    #[cfg(feature = "cuda")]
+    let back = {
+        let (g, u) = back;
+        let back = match via::<B, burn::backend::Cuda<half::bf16>, D>(g, u) {
+            Ok(y) => return y,
+            Err(back) => back,
+        };
+        let (g, u) = back;
+        match via::<B, burn::backend::Cuda<f32>, D>(g, u) {
+            Ok(y) => return y,
+            Err(back) => back,
+        }
+    };
+    let (gate, up) = back;
+    silu(gate) * up
+}
+
+/// The gradients of `silu(g) * u` for the output gradient `dh`: `(d g, d u)`.
+pub fn swiglu_backward<B: Backend, const D: usize>(g: Tensor<B, D>, u: Tensor<B, D>, dh: Tensor<B, D>) -> (Tensor<B, D>, Tensor<B, D>) {
+    let s = sigmoid(g.clone());
+    let du = dh.clone() * (g.clone() * s.clone());
+    let dg = dh * u * s.clone() * (g * s.neg().add_scalar(1.0)).add_scalar(1.0);
+    (dg, du)
+}
+
+#[derive(Debug)]
+struct SwigluBackward<const D: usize>;
+
+impl<B: Backend, const D: usize> Backward<B, 2> for SwigluBackward<D> {
+    /// `(gate, up)`.
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_g, node_u] = ops.parents;
+        let dh = float::<B, D>(grads.consume::<B>(&ops.node));
+        let (g, u) = ops.state;
+        let (dg, du) = swiglu_backward(float::<B, D>(g), float::<B, D>(u), dh);
+        if let Some(node) = node_g {
+            grads.register::<B>(node.id, dg.into_primitive().tensor());
+        }
+        if let Some(node) = node_u {
+            grads.register::<B>(node.id, du.into_primitive().tensor());
+        }
+    }
+}
+
+fn on_autodiff<I: Backend, C: CheckpointStrategy, const D: usize>(g: Tensor<Autodiff<I, C>, D>, u: Tensor<Autodiff<I, C>, D>) -> Tensor<Autodiff<I, C>, D> {
+    let (g, u) = (g.into_primitive().tensor(), u.into_primitive().tensor());
+    let out = (silu(float::<I, D>(g.primitive.clone())) * float::<I, D>(u.primitive.clone())).into_primitive().tensor();
+    let out = match SwigluBackward::<D>.prepare::<C>([g.node.clone(), u.node.clone()]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish((g.primitive, u.primitive), out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    float(out)
+}
+
+/// [`on_autodiff`] if `B` is `Autodiff<I>` (no checkpointing strategy: the trainer's).
+#[allow(clippy::type_complexity)]
+fn via<B: Backend, I: Backend, const D: usize>(g: Tensor<B, D>, u: Tensor<B, D>) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>)> {
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    use super::attention_grad::cast;
+    type A<I> = Autodiff<I, NoCheckpointing>;
+    let g = match cast::<_, Tensor<A<I>, D>>(g) {
+        Ok(g) => g,
+        Err(g) => return Err((g, u)),
+    };
+    let u = cast::<_, Tensor<A<I>, D>>(u).unwrap_or_else(|_| unreachable!("gate and up share a backend"));
+    Ok(cast::<_, Tensor<B, D>>(on_autodiff::<I, NoCheckpointing, D>(g, u)).unwrap_or_else(|_| unreachable!("Autodiff<I> is B")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{swiglu, via};
+    use burn::backend::{Autodiff, NdArray};
+    use burn::tensor::activation::silu;
+    use burn::tensor::{Distribution, Tensor};
+
+    type A = Autodiff<NdArray<f32>>;
+
+    /// The operation's output and gradients equal autodiff through `silu(g) * u`.
+    #[test]
+    fn equals_autodiff_through_the_ops() {
+        let dev = Default::default();
+        let g0 = Tensor::<NdArray<f32>, 3>::random([2, 7, 13], Distribution::Normal(0.0, 3.0), &dev);
+        let u0 = Tensor::<NdArray<f32>, 3>::random([2, 7, 13], Distribution::Normal(0.0, 1.0), &dev);
+        let w = Tensor::<NdArray<f32>, 3>::random([2, 7, 13], Distribution::Normal(0.0, 1.0), &dev);
+        let run = |one_op: bool| {
+            let g = Tensor::<A, 3>::from_inner(g0.clone()).require_grad();
+            let u = Tensor::<A, 3>::from_inner(u0.clone()).require_grad();
+            let y = if one_op { swiglu(g.clone(), u.clone()) } else { silu(g.clone()) * u.clone() };
+            let grads = (y.clone() * Tensor::from_inner(w.clone())).sum().backward();
+            (y.inner(), g.grad(&grads).unwrap(), u.grad(&grads).unwrap())
+        };
+        let (a, b) = (run(true), run(false));
+        for (what, x, y) in [("out", &a.0, &b.0), ("d gate", &a.1, &b.1), ("d up", &a.2, &b.2)] {
+            let num: f32 = (x.clone() - y.clone()).powi_scalar(2).sum().into_scalar();
+            let den: f32 = y.clone().powi_scalar(2).sum().into_scalar();
+            let e = (num / den).sqrt();
+            assert!(e < 1e-6, "{what}: relative L2 {e:e}");
+        }
+    }
+
+    /// The operation is taken under the CPU autodiff backend (so the test above compares two
+    /// different computations), not without autodiff.
+    #[test]
+    fn taken_under_autodiff_only() {
+        let dev = Default::default();
+        let t = || Tensor::<A, 2>::random([3, 4], Distribution::Normal(0.0, 1.0), &dev);
+        assert!(via::<A, NdArray<f32>, 2>(t(), t()).is_ok());
+        let p = || Tensor::<NdArray<f32>, 2>::random([3, 4], Distribution::Normal(0.0, 1.0), &dev);
+        assert!(via::<NdArray<f32>, NdArray<f32>, 2>(p(), p()).is_err());
+    }
+}
