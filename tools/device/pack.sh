@@ -9,8 +9,10 @@ cargo test --release --features cuda --no-run --message-format=json 2>/dev/null 
   | python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
-        print(m["target"]["name"], m["executable"])' > .carry/tests.txt
+    t = m.get("target", {})
+    # Integration tests, and the unit tests of the kernel crate (kernels against their references).
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and (t["kind"] == ["test"] or t["name"] == "medqlora_kernels"):
+        print(t["name"], m["executable"])' > .carry/tests.txt
 cp target/release/medqlora .carry/medqlora
 # Only the suites that exercise the CUDA backend travel (64 MiB per call).
 while read -r name exe; do
