@@ -11,10 +11,12 @@
 //! same dtype changes as the tensor-op version's gradients (matmuls in the compute dtype,
 //! softmax and its gradient in f32), so the two agree to rounding (tested).
 //!
-//! Used on the autodiff backends the trainer runs (CPU, CUDA bf16/f32), recognized by type
-//! at run time as the NF4 product is; any other backend takes the tensor-op version.
+//! Used on the autodiff backends the trainer runs ([`super::autodiff_op`]); any other backend
+//! takes the tensor-op version.
 
 use super::attention::attend_causal_ops;
+use super::autodiff_op::{cast, on_training_backend, TrainingOp};
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -149,54 +151,28 @@ pub fn try_autodiff<B: Backend>(
     mask: &Tensor<B, 5, Bool>,
     block: usize,
 ) -> Result<Tensor<B, 5>, (Tensor<B, 5>, Tensor<B, 4>, Tensor<B, 4>)> {
-    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
-    use burn::backend::NdArray;
-    let back = match via::<B, NdArray<f32>, NoCheckpointing>(q, k, v, mask, block) {
-        Ok(y) => return Ok(y),
-        Err(back) => back,
-    };
-    #[cfg(feature = "cuda")]
-    let back = {
-        use burn::backend::Cuda;
-        let (q, k, v) = back;
-        let back = match via::<B, Cuda<half::bf16>, NoCheckpointing>(q, k, v, mask, block) {
-            Ok(y) => return Ok(y),
-            Err(back) => back,
-        };
-        let (q, k, v) = back;
-        match via::<B, Cuda<f32>, NoCheckpointing>(q, k, v, mask, block) {
-            Ok(y) => return Ok(y),
-            Err(back) => back,
-        }
-    };
-    Err(back)
+    on_training_backend(&Attend { mask, block }, (q, k, v))
 }
 
-/// `t` as a `U` when it is one (the run-time backend check), else `t` back.
-pub(crate) fn cast<T: 'static, U: 'static>(t: T) -> Result<U, T> {
-    let b: Box<dyn Any> = Box::new(t);
-    match b.downcast::<U>() {
-        Ok(u) => Ok(*u),
-        Err(b) => Err(*b.downcast::<T>().expect("the value's own type")),
-    }
-}
-
-/// [`on_autodiff`] if `B` is `Autodiff<I, C>`.
-#[allow(clippy::type_complexity)]
-fn via<B: Backend, I: Backend, C: CheckpointStrategy>(
-    q: Tensor<B, 5>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    mask: &Tensor<B, 5, Bool>,
+/// The operation with the arguments that are not differentiated.
+struct Attend<'a, B: Backend> {
+    mask: &'a Tensor<B, 5, Bool>,
     block: usize,
-) -> Result<Tensor<B, 5>, (Tensor<B, 5>, Tensor<B, 4>, Tensor<B, 4>)> {
-    type A<I, C> = Autodiff<I, C>;
-    let Some(mask) = (mask as &dyn Any).downcast_ref::<Tensor<A<I, C>, 5, Bool>>() else { return Err((q, k, v)) };
-    let same = "B is Autodiff<I, C>: the mask is";
-    let q = cast::<_, Tensor<A<I, C>, 5>>(q).unwrap_or_else(|_| unreachable!("{same}"));
-    let k = cast::<_, Tensor<A<I, C>, 4>>(k).unwrap_or_else(|_| unreachable!("{same}"));
-    let v = cast::<_, Tensor<A<I, C>, 4>>(v).unwrap_or_else(|_| unreachable!("{same}"));
-    Ok(cast::<_, Tensor<B, 5>>(on_autodiff::<I, C>(q, k, v, mask, block)).unwrap_or_else(|_| unreachable!("{same}")))
+}
+
+impl<B: Backend> TrainingOp for Attend<'_, B> {
+    type Args = (Tensor<B, 5>, Tensor<B, 4>, Tensor<B, 4>);
+    type Out = Tensor<B, 5>;
+
+    fn on<I: Backend>(&self, (q, k, v): Self::Args) -> Result<Self::Out, Self::Args> {
+        type A<I> = Autodiff<I, NoCheckpointing>;
+        let Some(mask) = (self.mask as &dyn Any).downcast_ref::<Tensor<A<I>, 5, Bool>>() else { return Err((q, k, v)) };
+        let same = "B is Autodiff<I>: the mask is";
+        let q = cast::<_, Tensor<A<I>, 5>>(q).unwrap_or_else(|_| unreachable!("{same}"));
+        let k = cast::<_, Tensor<A<I>, 4>>(k).unwrap_or_else(|_| unreachable!("{same}"));
+        let v = cast::<_, Tensor<A<I>, 4>>(v).unwrap_or_else(|_| unreachable!("{same}"));
+        Ok(cast::<_, Tensor<B, 5>>(on_autodiff::<I, NoCheckpointing>(q, k, v, mask, self.block)).unwrap_or_else(|_| unreachable!("{same}")))
+    }
 }
 
 #[cfg(test)]

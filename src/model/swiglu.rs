@@ -6,8 +6,8 @@
 //! bf16, held through the recomputed layer's backward. This operation keeps `gate` and `up` and
 //! recomputes the sigmoid: `d up = dh * silu(g)`, `d gate = dh * up * s * (1 + g (1 - s))` with
 //! `s = sigmoid(g)`, in the tensors' dtype as autodiff computes them (tested equal to it).
-//! Taken on the autodiff backends training uses (recognized by type, like the attention
-//! operation); elsewhere the tensor ops.
+//! Taken on the autodiff backends training uses ([`super::autodiff_op`]); elsewhere the
+//! tensor ops.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -18,6 +18,9 @@ use burn::tensor::activation::{sigmoid, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use super::autodiff_op::{cast, on_training_backend, TrainingOp};
+use std::marker::PhantomData;
 
 fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
@@ -25,25 +28,28 @@ fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
 
 /// `silu(gate) * up`, elementwise, same shapes.
 pub fn swiglu<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) -> Tensor<B, D> {
-    let back = match via::<B, burn::backend::NdArray<f32>, D>(gate, up) {
-        Ok(y) => return y,
-        Err(back) => back,
-    };
-    #[cfg(feature = "cuda")]
-    let back = {
-        let (g, u) = back;
-        let back = match via::<B, burn::backend::Cuda<half::bf16>, D>(g, u) {
-            Ok(y) => return y,
-            Err(back) => back,
+    match on_training_backend(&Swiglu::<B, D>(PhantomData), (gate, up)) {
+        Ok(y) => y,
+        Err((gate, up)) => silu(gate) * up,
+    }
+}
+
+/// The operation (no arguments besides the two it differentiates).
+struct Swiglu<B, const D: usize>(PhantomData<B>);
+
+impl<B: Backend, const D: usize> TrainingOp for Swiglu<B, D> {
+    type Args = (Tensor<B, D>, Tensor<B, D>);
+    type Out = Tensor<B, D>;
+
+    fn on<I: Backend>(&self, (g, u): Self::Args) -> Result<Self::Out, Self::Args> {
+        type A<I> = Autodiff<I, NoCheckpointing>;
+        let g = match cast::<_, Tensor<A<I>, D>>(g) {
+            Ok(g) => g,
+            Err(g) => return Err((g, u)),
         };
-        let (g, u) = back;
-        match via::<B, burn::backend::Cuda<f32>, D>(g, u) {
-            Ok(y) => return y,
-            Err(back) => back,
-        }
-    };
-    let (gate, up) = back;
-    silu(gate) * up
+        let u = cast::<_, Tensor<A<I>, D>>(u).unwrap_or_else(|_| unreachable!("gate and up share a backend"));
+        Ok(cast::<_, Tensor<B, D>>(on_autodiff::<I, NoCheckpointing, D>(g, u)).unwrap_or_else(|_| unreachable!("Autodiff<I> is B")))
+    }
 }
 
 /// The gradients of `silu(g) * u` for the output gradient `dh`: `(d g, d u)`.
@@ -85,23 +91,11 @@ fn on_autodiff<I: Backend, C: CheckpointStrategy, const D: usize>(g: Tensor<Auto
     float(out)
 }
 
-/// [`on_autodiff`] if `B` is `Autodiff<I>` (no checkpointing strategy: the trainer's).
-#[allow(clippy::type_complexity)]
-fn via<B: Backend, I: Backend, const D: usize>(g: Tensor<B, D>, u: Tensor<B, D>) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>)> {
-    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
-    use super::attention_grad::cast;
-    type A<I> = Autodiff<I, NoCheckpointing>;
-    let g = match cast::<_, Tensor<A<I>, D>>(g) {
-        Ok(g) => g,
-        Err(g) => return Err((g, u)),
-    };
-    let u = cast::<_, Tensor<A<I>, D>>(u).unwrap_or_else(|_| unreachable!("gate and up share a backend"));
-    Ok(cast::<_, Tensor<B, D>>(on_autodiff::<I, NoCheckpointing, D>(g, u)).unwrap_or_else(|_| unreachable!("Autodiff<I> is B")))
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{swiglu, via};
+    use super::{swiglu, Swiglu};
+    use crate::model::autodiff_op::TrainingOp;
+    use std::marker::PhantomData;
     use burn::backend::{Autodiff, NdArray};
     use burn::tensor::activation::silu;
     use burn::tensor::{Distribution, Tensor};
@@ -137,8 +131,8 @@ mod tests {
     fn taken_under_autodiff_only() {
         let dev = Default::default();
         let t = || Tensor::<A, 2>::random([3, 4], Distribution::Normal(0.0, 1.0), &dev);
-        assert!(via::<A, NdArray<f32>, 2>(t(), t()).is_ok());
+        assert!(Swiglu::<A, 2>(PhantomData).on::<NdArray<f32>>((t(), t())).is_ok());
         let p = || Tensor::<NdArray<f32>, 2>::random([3, 4], Distribution::Normal(0.0, 1.0), &dev);
-        assert!(via::<NdArray<f32>, NdArray<f32>, 2>(p(), p()).is_err());
+        assert!(Swiglu::<NdArray<f32>, 2>(PhantomData).on::<NdArray<f32>>((p(), p())).is_err());
     }
 }

@@ -1,0 +1,48 @@
+//! Which autodiff backend a generic `B` is, for the operations with their own backward
+//! ([`super::attention_grad`], [`super::swiglu`]): the model is generic over `B: Backend`, so
+//! these are taken by a type check at run time (as the NF4 product is) rather than by a trait
+//! bound every generic function would have to carry. One list of the backends training runs.
+
+use burn::tensor::backend::Backend;
+use std::any::Any;
+
+/// `t` as a `U` when it is one (the run-time backend check), else `t` back.
+pub(crate) fn cast<T: 'static, U: 'static>(t: T) -> Result<U, T> {
+    let b: Box<dyn Any> = Box::new(t);
+    match b.downcast::<U>() {
+        Ok(u) => Ok(*u),
+        Err(b) => Err(*b.downcast::<T>().expect("the value's own type")),
+    }
+}
+
+/// An operation with its own backward on `Autodiff<I>` (no checkpointing strategy, the
+/// trainer's).
+pub(crate) trait TrainingOp {
+    /// The tensors it takes (given back when the backend is not `Autodiff<I>`).
+    type Args;
+    /// What it returns.
+    type Out;
+    /// Runs on `Autodiff<I>` if the arguments' backend is it.
+    fn on<I: Backend>(&self, args: Self::Args) -> Result<Self::Out, Self::Args>;
+}
+
+/// Runs `op` when its arguments live on one of the autodiff backends training uses (CPU, CUDA
+/// bf16 / f32); gives them back otherwise.
+pub(crate) fn on_training_backend<O: TrainingOp>(op: &O, args: O::Args) -> Result<O::Out, O::Args> {
+    let args = match op.on::<burn::backend::NdArray<f32>>(args) {
+        Ok(y) => return Ok(y),
+        Err(args) => args,
+    };
+    #[cfg(feature = "cuda")]
+    let args = {
+        let args = match op.on::<burn::backend::Cuda<half::bf16>>(args) {
+            Ok(y) => return Ok(y),
+            Err(args) => args,
+        };
+        match op.on::<burn::backend::Cuda<f32>>(args) {
+            Ok(y) => return Ok(y),
+            Err(args) => args,
+        }
+    };
+    Err(args)
+}
