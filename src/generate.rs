@@ -126,7 +126,7 @@ pub fn generate<B: Backend>(
     cfg: &SamplingConfig,
     mut on_token: impl FnMut(u32),
 ) -> Generation {
-    let device = model.model.embed_tokens.val().device();
+    let device = model.device();
     let ids = |toks: &[u32]| {
         let v: Vec<i64> = toks.iter().map(|&t| t as i64).collect();
         Tensor::<B, 2, Int>::from_data(TensorData::new(v, [1, toks.len()]), &device)
@@ -191,7 +191,7 @@ impl<'m, B: Backend> BatchDecoder<'m, B> {
     /// prompt token, `[batch, vocab]`. An empty prompt is run as one filler token (its logits
     /// are meaningless); `prompts` must not be empty.
     pub fn prefill(model: &'m Qwen2ForCausalLM<B>, prompts: &[Vec<u32>]) -> (Self, Tensor<B, 2>) {
-        let device = model.model.embed_tokens.val().device();
+        let device = model.device();
         let filler = prompts.iter().find_map(|p| p.first().copied()).unwrap_or(0);
         let mut caches = Vec::with_capacity(prompts.len());
         let mut logits = Vec::with_capacity(prompts.len());
@@ -221,7 +221,7 @@ impl<'m, B: Backend> BatchDecoder<'m, B> {
         let total = longest + fed;
         let mask: Vec<bool> = self.pads.iter().flat_map(|&pad| (0..total).map(move |k| k < pad)).collect();
         let model = self.model;
-        let device = model.model.embed_tokens.val().device();
+        let device = model.device();
         let mask = Tensor::<B, 5, Bool>::from_data(TensorData::new(mask, [b, 1, 1, 1, total]), &device);
         let pos = PositionIds { rows: [rows.clone(), rows.clone(), rows] };
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(tokens.iter().map(|&t| t as i64).collect(), [b, 1]), &device);

@@ -6,7 +6,7 @@
 
 use crate::model::linear::matmul_weight_t;
 use burn::module::{Module, Param};
-use burn::tensor::{backend::Backend, Distribution, Tensor};
+use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// Adapter hyper-parameters (the PEFT `LoraConfig` fields that shape the math).
@@ -31,7 +31,7 @@ impl LoraSpec {
     }
 }
 
-/// The trainable pair `(A, B)` of one linear.
+/// The trainable pair `(A, B)` of one linear, f32 whatever the compute dtype.
 #[derive(Module, Debug)]
 pub struct LoraAdapter<B: Backend> {
     /// `[r, in]`.
@@ -53,10 +53,11 @@ impl<B: Backend> LoraAdapter<B> {
     /// A fresh adapter with PEFT's initialization, drawn from the backend's RNG.
     pub fn init(in_features: usize, out_features: usize, spec: &LoraSpec, device: &B::Device) -> Self {
         let bound = 1.0 / (in_features as f64).sqrt();
-        let a = Tensor::random([spec.r, in_features], Distribution::Uniform(-bound, bound), device);
+        let a: Tensor<B, 2> = Tensor::random([spec.r, in_features], Distribution::Uniform(-bound, bound), device);
+        let a = a.cast(DType::F32);
         Self {
             lora_a: Param::from_tensor(a),
-            lora_b: Param::from_tensor(Tensor::zeros([out_features, spec.r], device)),
+            lora_b: Param::from_tensor(Tensor::zeros([out_features, spec.r], (device, DType::F32))),
             scaling: spec.scaling(),
             dropout: spec.dropout,
             training: false,
@@ -75,8 +76,12 @@ impl<B: Backend> LoraAdapter<B> {
             x
         };
         let x = x.reshape([b * s, k]);
-        let h = matmul_weight_t(x, self.lora_a.val());
-        matmul_weight_t(h, self.lora_b.val()).mul_scalar(self.scaling).reshape([b, s, out])
+        // The f32 weights are the trainer's master copy (no second, compute-dtype copy is
+        // kept); each product runs in the activations' dtype, and the cast's backward hands
+        // the optimizer f32 gradients.
+        let dtype = x.dtype();
+        let h = matmul_weight_t(x, self.lora_a.val().cast(dtype));
+        matmul_weight_t(h, self.lora_b.val().cast(dtype)).mul_scalar(self.scaling).reshape([b, s, out])
     }
 
     /// Turns input dropout on (training) or off (evaluation, generation).

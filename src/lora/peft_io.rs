@@ -202,8 +202,9 @@ pub fn load_peft_adapter<B: Backend>(model: &mut Qwen2ForCausalLM<B>, dir: &Path
         if sa != [rank, inp] || sb != [out, rank] || rank == 0 {
             return Err(terr(ka, format!("shapes A {sa:?} / B {sb:?} do not fit the linear [{out}, {inp}] (want A [r, {inp}], B [{out}, r])")));
         }
-        let a = Tensor::<B, 2>::from_data(TensorData::new(read_f32(&wpath, ka, &va)?, [rank, inp]), device);
-        let b = Tensor::<B, 2>::from_data(TensorData::new(read_f32(&wpath, kb, &vb)?, [out, rank]), device);
+        let f32_on = (device, burn::tensor::DType::F32);
+        let a = Tensor::<B, 2>::from_data(TensorData::new(read_f32(&wpath, ka, &va)?, [rank, inp]), f32_on);
+        let b = Tensor::<B, 2>::from_data(TensorData::new(read_f32(&wpath, kb, &vb)?, [out, rank]), f32_on);
         let a_alpha = alpha_pattern.iter().find(|(k, _)| is_targeted(name, std::slice::from_ref(*k))).map_or(alpha, |(_, &v)| v);
         let spec = LoraSpec { r: rank, alpha: a_alpha, dropout, use_rslora };
         // `init` sets scaling and dropout the way the trainer's adapters have them; the

@@ -4,6 +4,7 @@ pub mod attention;
 pub mod attention_grad;
 pub mod autodiff_op;
 pub mod config;
+pub mod embedding;
 pub mod inventory;
 pub mod kv_cache;
 pub mod linear;

@@ -8,6 +8,7 @@
 
 use super::attention::{Attention, AttentionInputs};
 use super::config::TextConfig;
+use super::embedding::Embedding;
 use super::kv_cache::KvCache;
 use super::linear::{matmul_weight_t, Linear};
 use super::load::{LoadError, WeightStore};
@@ -17,7 +18,7 @@ use super::rope::{PositionIds, Rotary};
 use crate::lora::targets::is_targeted;
 use crate::lora::{LoraAdapter, LoraSpec};
 use crate::quant::{bnb_io, nf4};
-use burn::module::{Module, Param};
+use burn::module::Module;
 use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 
 /// One pre-norm decoder block: attention and MLP, each with a residual connection.
@@ -72,8 +73,8 @@ impl<B: Backend> DecoderLayer<B> {
 /// `Qwen2Model`: embeddings, decoder layers, final norm.
 #[derive(Module, Debug)]
 pub struct Qwen2Model<B: Backend> {
-    /// `[vocab, hidden]`.
-    pub embed_tokens: Param<Tensor<B, 2>>,
+    /// `[vocab, hidden]`, on the device when tied to the head, else in host memory.
+    pub embed_tokens: Embedding<B>,
     /// The decoder stack.
     pub layers: Vec<DecoderLayer<B>>,
     /// Final norm.
@@ -212,12 +213,17 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
                 },
             });
         }
-        let embed = store.tensor::<B, 2>(&format!("{prefix}.embed_tokens.weight"), [v, hd], device)?;
+        let embed_name = format!("{prefix}.embed_tokens.weight");
+        let embed_tokens = if c.tie_word_embeddings {
+            Embedding::on_device(store.tensor::<B, 2>(&embed_name, [v, hd], device)?)
+        } else {
+            Embedding::on_host(store.data(&embed_name, &[v, hd])?)
+        };
         // Tied checkpoints usually omit lm_head.weight; some still store a copy.
         let lm_head = if c.tie_word_embeddings { None } else { Some(linear("lm_head", v, hd, false)?) };
         Ok(Self {
             model: Qwen2Model {
-                embed_tokens: Param::from_tensor(embed).set_require_grad(false),
+                embed_tokens,
                 layers,
                 norm: norm(&format!("{prefix}.norm"))?,
                 rotary: Rotary::new(c.head_dim, c.rope_theta, c.mrope_section.as_deref()),
@@ -229,10 +235,12 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
 
     /// Token embeddings: `ids: [batch, seq] -> [batch, seq, hidden]`.
     pub fn embed(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let [b, s] = ids.dims();
-        let w = self.model.embed_tokens.val();
-        let hidden = w.dims()[1];
-        w.select(0, ids.reshape([b * s])).reshape([b, s, hidden])
+        self.model.embed_tokens.forward(ids)
+    }
+
+    /// The device the model's tensors live on.
+    pub fn device(&self) -> B::Device {
+        self.model.norm.weight.val().device()
     }
 
     /// Vocabulary projection: `[batch, seq, hidden] -> [batch, seq, vocab]`.
@@ -241,7 +249,7 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
             Some(head) => head.forward(h),
             None => {
                 let [b, s, d] = h.dims();
-                let w = self.model.embed_tokens.val();
+                let w = self.model.embed_tokens.device_weight().expect("a tied table stays on the device");
                 let v = w.dims()[0];
                 matmul_weight_t(h.reshape([b * s, d]), w).reshape([b, s, v])
             }
@@ -360,7 +368,7 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
     /// Logical parameters (an NF4 weight counts its `out * in` values, not its packed bytes).
     pub fn parameter_count(&self) -> usize {
         let norms: usize = self.model.layers.iter().map(|l| l.input_layernorm.weight.val().dims()[0] * 2).sum();
-        let embed = self.model.embed_tokens.val().shape().num_elements();
+        let embed = self.model.embed_tokens.dims().iter().product::<usize>();
         let linears: usize = self
             .linears()
             .iter()
@@ -372,11 +380,11 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
         embed + norms + self.model.norm.weight.val().dims()[0] + linears
     }
 
-    /// Bytes of all weights resident on the device (NF4 layers at their packed size).
+    /// Bytes of all weights resident on the device (NF4 layers at their packed size; an
+    /// untied embedding table lives in host memory and counts 0).
     pub fn resident_bytes(&self) -> usize {
         let norm = |n: &RmsNorm<B>| n.weight.val().dims()[0] * n.weight.val().dtype().size();
-        let embed = self.model.embed_tokens.val();
-        let mut total = embed.shape().num_elements() * embed.dtype().size() + norm(&self.model.norm);
+        let mut total = self.model.embed_tokens.device_bytes() + norm(&self.model.norm);
         for l in &self.model.layers {
             total += norm(&l.input_layernorm) + norm(&l.post_attention_layernorm);
         }

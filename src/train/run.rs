@@ -225,7 +225,8 @@ fn host_map<B: Backend>(m: &NamedTensors<B>) -> BTreeMap<String, HostTensor> {
     m.iter().map(|(k, t)| (k.clone(), to_host(t))).collect()
 }
 
-/// Writes the f32 masters into the model's adapters, in the adapters' dtype.
+/// Writes the f32 masters into the model's adapters (which are f32 too, so they share the
+/// masters' buffers rather than holding a second copy).
 pub fn load_into_model<B: AutodiffBackend>(model: &mut Qwen2ForCausalLM<B>, master: &NamedTensors<B::InnerBackend>) {
     for (name, linear) in model.linears_mut() {
         let Some(lora) = linear.lora.as_mut() else { continue };

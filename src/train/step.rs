@@ -105,8 +105,9 @@ impl Scored {
     }
 }
 
-fn upload_ids<B: Backend>(batch: &Batch, device: &B::Device) -> Tensor<B, 2, Int> {
-    Tensor::from_data(TensorData::new(batch.input_ids.clone(), [batch.batch, batch.seq]), device)
+/// The batch's token embeddings `[batch, seq, hidden]` (ids never need to be on the device).
+fn embed_batch<B: Backend>(model: &Qwen2ForCausalLM<B>, batch: &Batch, device: &B::Device) -> Tensor<B, 3> {
+    model.model.embed_tokens.lookup(&batch.input_ids, [batch.batch, batch.seq], device)
 }
 
 /// Sum of NLLs over the given rows: final norm, vocabulary projection, f32 log-softmax.
@@ -150,20 +151,85 @@ pub fn forward_backward_chunked<B: AutodiffBackend>(
     head_chunk_rows: usize,
     grads: &mut NamedTensors<B::InnerBackend>,
 ) -> MicroLoss {
+    micro_step(model, batch, scale, checkpointing, seed, head_chunk_rows, &mut |_| {}, grads)
+}
+
+/// Where a checkpointed micro-step is when [`forward_backward_observed`] calls its observer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The tape-free forward through every layer has been queued.
+    Forward,
+    /// The head's loss and gradient (all chunks) have been queued.
+    Head,
+    /// Layer `i` has been recomputed and its gradients queued (layers run last to first).
+    Layer(usize),
+}
+
+/// [`forward_backward`] calling `observe` after each [`Phase`] of the checkpointed path
+/// (`bench train --profile` synchronizes there and reads the time and the device memory).
+pub fn forward_backward_observed<B: AutodiffBackend>(
+    model: &Qwen2ForCausalLM<B>,
+    batch: &Batch,
+    scale: f64,
+    checkpointing: bool,
+    seed: u64,
+    observe: &mut (dyn FnMut(Phase) + Send),
+    grads: &mut NamedTensors<B::InnerBackend>,
+) -> MicroLoss {
+    micro_step(model, batch, scale, checkpointing, seed, HEAD_CHUNK_ROWS, observe, grads)
+}
+
+/// The micro-step with every device allocation in the GPU runtime's exact-size pool
+/// (`memory_persistent_allocations`; CPU backends just run it). The default pools cut
+/// allocations out of pages of 1/16 to 1/4 of the card (2.2 and 8.8 GB on an H200): one
+/// 78 MB `[2048, 18944]` temporary beyond what a page holds took a whole new 2.2 GB page,
+/// and pages are never returned. A step allocates the same sizes in every layer, so exact-size
+/// buffers are reused layer after layer and step after step; what the head alone used is
+/// handed back before the layers' backward (`memory_cleanup` frees free exact-size buffers).
+#[allow(clippy::too_many_arguments)]
+fn micro_step<B: AutodiffBackend>(
+    model: &Qwen2ForCausalLM<B>,
+    batch: &Batch,
+    scale: f64,
+    checkpointing: bool,
+    seed: u64,
+    head_chunk_rows: usize,
+    observe: &mut (dyn FnMut(Phase) + Send),
+    grads: &mut NamedTensors<B::InnerBackend>,
+) -> MicroLoss {
+    let device = model.device();
+    let (loss, out) = B::memory_persistent_allocations(&device, (std::mem::take(grads), observe), |(mut g, observe)| {
+        let loss = micro_step_body(model, batch, scale, checkpointing, seed, head_chunk_rows, observe, &mut g);
+        (loss, g)
+    });
+    *grads = out;
+    loss
+}
+
+#[allow(clippy::too_many_arguments)]
+fn micro_step_body<B: AutodiffBackend>(
+    model: &Qwen2ForCausalLM<B>,
+    batch: &Batch,
+    scale: f64,
+    checkpointing: bool,
+    seed: u64,
+    head_chunk_rows: usize,
+    observe: &mut (dyn FnMut(Phase) + Send),
+    grads: &mut NamedTensors<B::InnerBackend>,
+) -> MicroLoss {
     let tokens = batch.scored_tokens();
     if tokens == 0 {
         return MicroLoss { nll_sum: 0.0, tokens };
     }
-    let device = model.model.embed_tokens.val().device();
+    let device = model.device();
     let positions = PositionIds::text(batch.batch, batch.seq, 0);
     let (cos, sin) = model.model.rotary.cos_sin::<B>(&positions, &device);
     let mask = causal_mask::<B>(batch.seq, 0, &device);
     let inputs = crate::model::attention::AttentionInputs { cos: &cos, sin: &sin, mask: &mask };
     let scored = Scored::of(batch);
-    let ids = upload_ids::<B>(batch, &device);
 
     if !checkpointing {
-        let mut x = model.embed(ids);
+        let mut x = embed_batch(model, batch, &device);
         for (i, layer) in model.model.layers.iter().enumerate() {
             B::seed(&device, layer_seed(seed, i));
             x = layer.forward(x, &inputs, None);
@@ -182,13 +248,14 @@ pub fn forward_backward_chunked<B: AutodiffBackend>(
     let imask = causal_mask::<B::InnerBackend>(batch.seq, 0, &device);
     let iinputs = crate::model::attention::AttentionInputs { cos: &icos, sin: &isin, mask: &imask };
     let mut saved = Vec::with_capacity(inner.model.layers.len());
-    let mut x = inner.embed(ids.inner());
+    let mut x = embed_batch(&inner, batch, &device);
     for (i, layer) in inner.model.layers.iter().enumerate() {
         saved.push(x.clone());
         B::InnerBackend::seed(&device, layer_seed(seed, i));
         x = layer.forward(x, &iinputs, None);
     }
     drop(inner);
+    observe(Phase::Forward);
 
     // Head, one chunk of scored rows at a time: its loss and its part of the gradient w.r.t.
     // the last hidden state (rows outside the chunk get zeros, so the sum over chunks is exact).
@@ -215,6 +282,8 @@ pub fn forward_backward_chunked<B: AutodiffBackend>(
     }
     let nll_sum = scalar_f64(nll_total.expect("tokens > 0, so at least one chunk"));
     let mut upstream = upstream.expect("tokens > 0, so at least one chunk");
+    B::memory_cleanup(&device);
+    observe(Phase::Head);
 
     // Layers in reverse: recompute one layer under autodiff, pull the gradient through it.
     for (i, layer) in model.model.layers.iter().enumerate().rev() {
@@ -224,6 +293,7 @@ pub fn forward_backward_chunked<B: AutodiffBackend>(
         let mut g = (y * Tensor::from_inner(upstream)).sum().backward();
         let prefix = format!("model.layers.{i}");
         collect_grads(layer.linears().into_iter().map(|(n, l)| (format!("{prefix}.{n}"), l)), &mut g, grads);
+        observe(Phase::Layer(i));
         upstream = match x.grad_remove(&mut g) {
             Some(gx) => gx,
             None => break,
@@ -238,8 +308,8 @@ pub fn eval_loss<B: Backend>(model: &Qwen2ForCausalLM<B>, batch: &Batch) -> Micr
     if tokens == 0 {
         return MicroLoss { nll_sum: 0.0, tokens };
     }
-    let device = model.model.embed_tokens.val().device();
-    let mut x = model.embed(upload_ids::<B>(batch, &device));
+    let device = model.device();
+    let mut x = embed_batch(model, batch, &device);
     let positions = PositionIds::text(batch.batch, batch.seq, 0);
     let (cos, sin) = model.model.rotary.cos_sin::<B>(&positions, &device);
     let mask = causal_mask::<B>(batch.seq, 0, &device);

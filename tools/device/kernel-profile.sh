@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# On the GPU device: where one QLoRA training step's GPU time goes, kernel by kernel.
+# Nsight Compute (ncu, in the device's CUDA toolkit) times every kernel launch of one
+# `bench train` step on a LAYERS-layer cut of the Qwen2.5-7B text shape (same per-layer
+# shapes, so per-layer kernels scale by 28 / LAYERS), then prints the kernels grouped by name,
+# most time first. Needs .carry/medqlora.xz (tools/device/pack.sh) or /tmp/mq/medqlora.
+# Usage: LAYERS=2 bash tools/device/kernel-profile.sh [-- EXTRA bench-train flags]
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+[ "${1:-}" = -- ] && shift
+layers=${LAYERS:-2}
+source "$(dirname "$0")/kcache.sh"
+kcache_restore
+bin=/tmp/mq/medqlora
+[ -x $bin ] || { mkdir -p /tmp/mq && xz -dc .carry/medqlora.xz > $bin && chmod +x $bin; } || exit 1
+m=models/rand-7b-${layers}l
+if [ ! -f $m/config.json ]; then
+  python3 -c "import json,sys; c=json.load(open('tools/configs/qwen2.5-7b-text.json')); c['num_hidden_layers']=$layers; json.dump(c,open('/tmp/cfg-${layers}l.json','w'))"
+  python3 tools/make_random_model.py /tmp/cfg-${layers}l.json $m 2>&1 | tail -1
+fi
+args=(--kernel-cache $PWD/.kcache --autotune minimal bench train --model $m --device cuda --dtype bf16 --quantize nf4 --seq 2048 --r 64 "$@")
+# Untimed run first: compiles what the kernel cache lacks, so ncu's step times kernels only.
+$bin "${args[@]}" --steps 1 --warmup 0 2>&1 | tail -1
+ncu --metrics gpu__time_duration.sum --csv --log-file "$OUT/ncu.csv" $bin "${args[@]}" --steps 1 --warmup 0 > "$OUT/ncu-run.log" 2>&1
+tail -2 "$OUT/ncu-run.log"
+python3 - "$OUT/ncu.csv" "$layers" <<'PY'
+import csv, sys, collections
+rows = [r for r in csv.DictReader(l for l in open(sys.argv[1]) if l.startswith('"'))]
+t = collections.defaultdict(float); n = collections.Counter()
+for r in rows:
+    if r.get("Metric Name") != "gpu__time_duration.sum": continue
+    v = float(r["Metric Value"].replace(",", "")); u = r["Metric Unit"]
+    v *= {"ns": 1e-9, "nsecond": 1e-9, "us": 1e-6, "usecond": 1e-6, "ms": 1e-3, "msecond": 1e-3, "s": 1, "second": 1}[u]
+    name = r["Kernel Name"].split("(")[0][:70]
+    t[name] += v; n[name] += 1
+total = sum(t.values())
+print(f"{len(rows)} launches, {total*1e3:.1f} ms GPU time in one step ({sys.argv[2]} layers)")
+print("| kernel | launches | ms | share |")
+for k, v in sorted(t.items(), key=lambda kv: -kv[1])[:40]:
+    print(f"| {k} | {n[k]} | {v*1e3:.2f} | {100*v/total:.1f}% |")
+PY
