@@ -206,11 +206,14 @@ impl Timeline {
         );
         let mem: Vec<(Phase, crate::gpu_runtime::GpuMemory)> = self.marks.iter().filter_map(|m| m.2.map(|g| (m.0, g))).collect();
         if let Some((p, m)) = mem.iter().max_by_key(|(_, m)| m.in_use) {
-            let (rp, rm) = mem.iter().find(|(_, g)| g.reserved == mem.iter().map(|x| x.1.reserved).max().unwrap_or(0)).copied().unwrap_or((*p, *m));
+            // The first mark at the largest reserve: the phase in which the pools reached it
+            // (they can shrink again: the step frees the head's buffers before the backward).
+            let reserved = mem.iter().map(|(_, g)| g.reserved).max().unwrap_or(0);
+            let grew = mem.iter().find(|(_, g)| g.reserved == reserved).map_or(*p, |(q, _)| *q);
             out += &format!(
-                ", peak in use at marks {:.2} GB ({p:?}), reserved {:.2} GB from {rp:?}",
+                ", peak in use at marks {:.2} GB ({p:?}), reserved {:.2} GB from {grew:?}",
                 m.in_use as f64 / 1e9,
-                rm.reserved as f64 / 1e9
+                reserved as f64 / 1e9
             );
         }
         out

@@ -151,7 +151,7 @@ pub fn forward_backward_chunked<B: AutodiffBackend>(
     head_chunk_rows: usize,
     grads: &mut NamedTensors<B::InnerBackend>,
 ) -> MicroLoss {
-    micro_step(model, batch, scale, checkpointing, seed, head_chunk_rows, &mut |_| {}, grads)
+    MicroStep { model, batch, scale, checkpointing, seed, head_chunk_rows }.run(&mut |_| {}, grads)
 }
 
 /// Where a checkpointed micro-step is when [`forward_backward_observed`] calls its observer.
@@ -176,130 +176,124 @@ pub fn forward_backward_observed<B: AutodiffBackend>(
     observe: &mut (dyn FnMut(Phase) + Send),
     grads: &mut NamedTensors<B::InnerBackend>,
 ) -> MicroLoss {
-    micro_step(model, batch, scale, checkpointing, seed, HEAD_CHUNK_ROWS, observe, grads)
+    MicroStep { model, batch, scale, checkpointing, seed, head_chunk_rows: HEAD_CHUNK_ROWS }.run(observe, grads)
 }
 
-/// The micro-step with every device allocation in the GPU runtime's exact-size pool
-/// (`memory_persistent_allocations`; CPU backends just run it). The default pools cut
-/// allocations out of pages of 1/16 to 1/4 of the card (2.2 and 8.8 GB on an H200): one
-/// 78 MB `[2048, 18944]` temporary beyond what a page holds took a whole new 2.2 GB page,
-/// and pages are never returned. A step allocates the same sizes in every layer, so exact-size
-/// buffers are reused layer after layer and step after step; what the head alone used is
-/// handed back before the layers' backward (`memory_cleanup` frees free exact-size buffers).
-#[allow(clippy::too_many_arguments)]
-fn micro_step<B: AutodiffBackend>(
-    model: &Qwen2ForCausalLM<B>,
-    batch: &Batch,
+/// Everything one micro-step computes on, apart from its observer and gradient sink.
+struct MicroStep<'a, B: AutodiffBackend> {
+    model: &'a Qwen2ForCausalLM<B>,
+    batch: &'a Batch,
     scale: f64,
     checkpointing: bool,
     seed: u64,
     head_chunk_rows: usize,
-    observe: &mut (dyn FnMut(Phase) + Send),
-    grads: &mut NamedTensors<B::InnerBackend>,
-) -> MicroLoss {
-    let device = model.device();
-    let (loss, out) = B::memory_persistent_allocations(&device, (std::mem::take(grads), observe), |(mut g, observe)| {
-        let loss = micro_step_body(model, batch, scale, checkpointing, seed, head_chunk_rows, observe, &mut g);
-        (loss, g)
-    });
-    *grads = out;
-    loss
 }
 
-#[allow(clippy::too_many_arguments)]
-fn micro_step_body<B: AutodiffBackend>(
-    model: &Qwen2ForCausalLM<B>,
-    batch: &Batch,
-    scale: f64,
-    checkpointing: bool,
-    seed: u64,
-    head_chunk_rows: usize,
-    observe: &mut (dyn FnMut(Phase) + Send),
-    grads: &mut NamedTensors<B::InnerBackend>,
-) -> MicroLoss {
-    let tokens = batch.scored_tokens();
-    if tokens == 0 {
-        return MicroLoss { nll_sum: 0.0, tokens };
+impl<B: AutodiffBackend> MicroStep<'_, B> {
+    /// The micro-step with every device allocation in the GPU runtime's exact-size pool
+    /// (`memory_persistent_allocations`; CPU backends just run it). The default pools cut
+    /// allocations out of pages of 1/16 to 1/4 of the card (2.2 and 8.8 GB on an H200): one
+    /// 78 MB `[2048, 18944]` temporary beyond what a page holds took a whole new 2.2 GB page,
+    /// and pages are never returned. A step allocates the same sizes in every layer, so exact-size
+    /// buffers are reused layer after layer and step after step; what the head alone used is
+    /// handed back before the layers' backward (`memory_cleanup` frees free exact-size buffers).
+    fn run(&self, observe: &mut (dyn FnMut(Phase) + Send), grads: &mut NamedTensors<B::InnerBackend>) -> MicroLoss {
+        let device = self.model.device();
+        let (loss, out) = B::memory_persistent_allocations(&device, (std::mem::take(grads), observe), |(mut g, observe)| {
+            let loss = self.compute(observe, &mut g);
+            (loss, g)
+        });
+        *grads = out;
+        loss
     }
-    let device = model.device();
-    let positions = PositionIds::text(batch.batch, batch.seq, 0);
-    let (cos, sin) = model.model.rotary.cos_sin::<B>(&positions, &device);
-    let mask = causal_mask::<B>(batch.seq, 0, &device);
-    let inputs = crate::model::attention::AttentionInputs { cos: &cos, sin: &sin, mask: &mask };
-    let scored = Scored::of(batch);
 
-    if !checkpointing {
-        let mut x = embed_batch(model, batch, &device);
-        for (i, layer) in model.model.layers.iter().enumerate() {
+    /// Loss and gradients of the micro-batch (called in the pool [`Self::run`] sets).
+    fn compute(&self, observe: &mut (dyn FnMut(Phase) + Send), grads: &mut NamedTensors<B::InnerBackend>) -> MicroLoss {
+        let &Self { model, batch, scale, checkpointing, seed, head_chunk_rows } = self;
+        let tokens = batch.scored_tokens();
+        if tokens == 0 {
+            return MicroLoss { nll_sum: 0.0, tokens };
+        }
+        let device = model.device();
+        let positions = PositionIds::text(batch.batch, batch.seq, 0);
+        let (cos, sin) = model.model.rotary.cos_sin::<B>(&positions, &device);
+        let mask = causal_mask::<B>(batch.seq, 0, &device);
+        let inputs = crate::model::attention::AttentionInputs { cos: &cos, sin: &sin, mask: &mask };
+        let scored = Scored::of(batch);
+
+        if !checkpointing {
+            let mut x = embed_batch(model, batch, &device);
+            for (i, layer) in model.model.layers.iter().enumerate() {
+                B::seed(&device, layer_seed(seed, i));
+                x = layer.forward(x, &inputs, None);
+            }
+            let (rows, targets) = scored.upload::<B>(0..tokens, &device);
+            let nll = head_nll(model, x, rows, targets);
+            let nll_sum = scalar_f64(nll.clone());
+            let mut g = nll.mul_scalar(scale).backward();
+            collect_grads(model.linears(), &mut g, grads);
+            return MicroLoss { nll_sum, tokens };
+        }
+
+        // Forward without a tape, keeping each layer's input.
+        let inner = model.valid();
+        let (icos, isin) = inner.model.rotary.cos_sin::<B::InnerBackend>(&positions, &device);
+        let imask = causal_mask::<B::InnerBackend>(batch.seq, 0, &device);
+        let iinputs = crate::model::attention::AttentionInputs { cos: &icos, sin: &isin, mask: &imask };
+        let mut saved = Vec::with_capacity(inner.model.layers.len());
+        let mut x = embed_batch(&inner, batch, &device);
+        for (i, layer) in inner.model.layers.iter().enumerate() {
+            saved.push(x.clone());
+            B::InnerBackend::seed(&device, layer_seed(seed, i));
+            x = layer.forward(x, &iinputs, None);
+        }
+        drop(inner);
+        observe(Phase::Forward);
+
+        // Head, one chunk of scored rows at a time: its loss and its part of the gradient w.r.t.
+        // the last hidden state (rows outside the chunk get zeros, so the sum over chunks is exact).
+        let h = Tensor::<B, 3>::from_inner(x).require_grad();
+        let mut nll_total: Option<Tensor<B::InnerBackend, 1>> = None;
+        let mut upstream: Option<Tensor<B::InnerBackend, 3>> = None;
+        for range in scored.chunks(head_chunk_rows) {
+            let (rows, targets) = scored.upload::<B>(range, &device);
+            let nll = head_nll(model, h.clone(), rows, targets);
+            let value = nll.clone().inner();
+            nll_total = Some(match nll_total {
+                Some(t) => t + value,
+                None => value,
+            });
+            let mut g = nll.mul_scalar(scale).backward();
+            let gh = h.grad_remove(&mut g).expect("the head depends on the hidden state");
+            upstream = Some(match upstream {
+                Some(u) => u + gh,
+                None => gh,
+            });
+            if let Some(head) = &model.lm_head {
+                collect_grads([("lm_head".to_owned(), head)], &mut g, grads);
+            }
+        }
+        let nll_sum = scalar_f64(nll_total.expect("tokens > 0, so at least one chunk"));
+        let mut upstream = upstream.expect("tokens > 0, so at least one chunk");
+        B::memory_cleanup(&device);
+        observe(Phase::Head);
+
+        // Layers in reverse: recompute one layer under autodiff, pull the gradient through it.
+        for (i, layer) in model.model.layers.iter().enumerate().rev() {
+            let x = Tensor::<B, 3>::from_inner(saved.pop().expect("one saved input per layer")).require_grad();
             B::seed(&device, layer_seed(seed, i));
-            x = layer.forward(x, &inputs, None);
+            let y = layer.forward(x.clone(), &inputs, None);
+            let mut g = (y * Tensor::from_inner(upstream)).sum().backward();
+            let prefix = format!("model.layers.{i}");
+            collect_grads(layer.linears().into_iter().map(|(n, l)| (format!("{prefix}.{n}"), l)), &mut g, grads);
+            observe(Phase::Layer(i));
+            upstream = match x.grad_remove(&mut g) {
+                Some(gx) => gx,
+                None => break,
+            };
         }
-        let (rows, targets) = scored.upload::<B>(0..tokens, &device);
-        let nll = head_nll(model, x, rows, targets);
-        let nll_sum = scalar_f64(nll.clone());
-        let mut g = nll.mul_scalar(scale).backward();
-        collect_grads(model.linears(), &mut g, grads);
-        return MicroLoss { nll_sum, tokens };
+        MicroLoss { nll_sum, tokens }
     }
-
-    // Forward without a tape, keeping each layer's input.
-    let inner = model.valid();
-    let (icos, isin) = inner.model.rotary.cos_sin::<B::InnerBackend>(&positions, &device);
-    let imask = causal_mask::<B::InnerBackend>(batch.seq, 0, &device);
-    let iinputs = crate::model::attention::AttentionInputs { cos: &icos, sin: &isin, mask: &imask };
-    let mut saved = Vec::with_capacity(inner.model.layers.len());
-    let mut x = embed_batch(&inner, batch, &device);
-    for (i, layer) in inner.model.layers.iter().enumerate() {
-        saved.push(x.clone());
-        B::InnerBackend::seed(&device, layer_seed(seed, i));
-        x = layer.forward(x, &iinputs, None);
-    }
-    drop(inner);
-    observe(Phase::Forward);
-
-    // Head, one chunk of scored rows at a time: its loss and its part of the gradient w.r.t.
-    // the last hidden state (rows outside the chunk get zeros, so the sum over chunks is exact).
-    let h = Tensor::<B, 3>::from_inner(x).require_grad();
-    let mut nll_total: Option<Tensor<B::InnerBackend, 1>> = None;
-    let mut upstream: Option<Tensor<B::InnerBackend, 3>> = None;
-    for range in scored.chunks(head_chunk_rows) {
-        let (rows, targets) = scored.upload::<B>(range, &device);
-        let nll = head_nll(model, h.clone(), rows, targets);
-        let value = nll.clone().inner();
-        nll_total = Some(match nll_total {
-            Some(t) => t + value,
-            None => value,
-        });
-        let mut g = nll.mul_scalar(scale).backward();
-        let gh = h.grad_remove(&mut g).expect("the head depends on the hidden state");
-        upstream = Some(match upstream {
-            Some(u) => u + gh,
-            None => gh,
-        });
-        if let Some(head) = &model.lm_head {
-            collect_grads([("lm_head".to_owned(), head)], &mut g, grads);
-        }
-    }
-    let nll_sum = scalar_f64(nll_total.expect("tokens > 0, so at least one chunk"));
-    let mut upstream = upstream.expect("tokens > 0, so at least one chunk");
-    B::memory_cleanup(&device);
-    observe(Phase::Head);
-
-    // Layers in reverse: recompute one layer under autodiff, pull the gradient through it.
-    for (i, layer) in model.model.layers.iter().enumerate().rev() {
-        let x = Tensor::<B, 3>::from_inner(saved.pop().expect("one saved input per layer")).require_grad();
-        B::seed(&device, layer_seed(seed, i));
-        let y = layer.forward(x.clone(), &inputs, None);
-        let mut g = (y * Tensor::from_inner(upstream)).sum().backward();
-        let prefix = format!("model.layers.{i}");
-        collect_grads(layer.linears().into_iter().map(|(n, l)| (format!("{prefix}.{n}"), l)), &mut g, grads);
-        observe(Phase::Layer(i));
-        upstream = match x.grad_remove(&mut g) {
-            Some(gx) => gx,
-            None => break,
-        };
-    }
-    MicroLoss { nll_sum, tokens }
 }
 
 /// Loss of one micro-batch without gradients (eval loss).
