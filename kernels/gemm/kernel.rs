@@ -8,10 +8,13 @@
 //! `cmma` products. The epilogue goes through shared memory so partial tiles (`M` not a
 //! multiple of 128) are stored with bounds checks.
 //!
-//! What it does not do yet (why it is slower than cuBLAS-class kernels): no double-buffered
-//! asynchronous copies (loads and tensor-core work do not overlap), scalar shared-memory
-//! stores of the decoded tile, Ampere-style `wmma` rather than Hopper's `wgmma`.
+//! This kernel serves `K` an odd multiple of 32; for `K % 64 == 0` (every Qwen2.5 projection)
+//! [`gemm_into`] launches the software-pipelined [`super::pipelined`] kernel instead. What
+//! neither does yet (why both are slower than cuBLAS-class kernels): asynchronous
+//! (`cp.async`/TMA) copies into multi-stage shared buffers, Ampere-style `wmma` rather than
+//! Hopper's `wgmma`.
 
+use super::pipelined::{gemm64_kernel, BK64};
 use crate::device::{block_scale, check_operand, empty, nibble, KernelError, Nf4Device};
 use burn_backend::DType;
 use burn_cubecl::tensor::CubeTensor;
@@ -240,9 +243,24 @@ pub fn gemm_into<R: CubeRuntime>(x: &CubeTensor<R>, w: &Nf4Device<R>, y: &CubeTe
     let (absmax, qcodes, offset, double) = w.scale_args();
     let x_arg = unsafe { ArrayArg::from_raw_parts(x.handle.clone(), m * w.k / 8) };
     let y_arg = unsafe { ArrayArg::from_raw_parts(y.handle.clone(), m * w.n) };
-    let words = w.words_arg(2);
     let count = CubeCount::Static(w.n.div_ceil(BN) as u32, m.div_ceil(BM) as u32, 1);
     let dim = CubeDim::new_1d(256);
+    if w.k % BK64 == 0 {
+        let words = w.words_arg(4);
+        unsafe {
+            match x.dtype {
+                DType::BF16 => gemm64_kernel::launch_unchecked::<half::bf16, R>(
+                    client, count, dim, x_arg, words, absmax, qcodes, w.lut_arg(), y_arg, offset, m, w.n, w.k, shift, double,
+                ),
+                DType::F16 => gemm64_kernel::launch_unchecked::<half::f16, R>(
+                    client, count, dim, x_arg, words, absmax, qcodes, w.lut_arg(), y_arg, offset, m, w.n, w.k, shift, double,
+                ),
+                dtype => return Err(KernelError::Dtype { kernel: NAME, dtype }),
+            }
+        }
+        return Ok(());
+    }
+    let words = w.words_arg(2);
     unsafe {
         match x.dtype {
             DType::BF16 => gemm_kernel::launch_unchecked::<half::bf16, R>(

@@ -5,6 +5,8 @@
 #[cfg(feature = "cuda")]
 pub(crate) mod kernel;
 #[cfg(feature = "cuda")]
+pub(crate) mod pipelined;
+#[cfg(feature = "cuda")]
 pub use kernel::{gemm, gemm_into};
 
 #[cfg(test)]

@@ -21,12 +21,13 @@ mod device {
         let Some((client, device)) = cuda() else { return };
         let mut rng = rng("gemm kernel");
         let map = synthetic_map();
-        for case in 0..6 {
+        for case in 0..8 {
             let (dtype, name, bound) = if case % 2 == 0 { (DType::BF16, "GEMM_BF16_REL", GEMM_BF16_REL) } else { (DType::F16, "GEMM_F16_REL", GEMM_F16_REL) };
-            // Partial tiles in M and N; K a multiple of 32.
+            // Partial tiles in M and N. Cases 0..4 take the pipelined kernel (K % 64 == 0),
+            // 4..8 the first one (K an odd multiple of 32).
             let m = rng.random_range(1..300);
             let n = rng.random_range(1..300);
-            let k = 32 * rng.random_range(1..40);
+            let k = if case < 4 { 64 * rng.random_range(1..20) } else { 32 * (2 * rng.random_range(0..20) + 1) };
             let double = rng.random();
             let bs = [32, 64][rng.random_range(0..2)];
             let w = random_nf4(&mut rng, n, k, bs, double, &map);
@@ -36,7 +37,7 @@ mod device {
             let xd = upload_float(&client, &device, &x, vec![m, k], dtype);
             let y = poisoned(&client, &device, vec![m, n], dtype);
             gemm_into(&xd, &dev, &y).unwrap();
-            let what = format!("gemm {dtype:?} double={double} M={m} N={n} K={k}");
+            let what = format!("gemm {dtype:?} double={double} blocksize={bs} M={m} N={n} K={k}");
             assert_close(&what, &read_f32(&y), &matmul_t(&x, m, &w.view()), name, bound);
         }
     }

@@ -6,9 +6,13 @@
 //! per step the cube decodes `W[32 rows, 128 columns]` (one 8-byte load of 16 codes per
 //! thread, each 16-code run inside one block) into a row-major shared tile that feeds the
 //! tensor cores as a row-major `B` operand. `W` is never materialized in global memory.
+//! This kernel serves the shapes the pipelined [`super::pipelined`] one does not (`N` an odd
+//! multiple of 32 or `K` not a multiple of 32); [`gemm_dx_into`] picks.
 
+use super::pipelined::gemm_dx64_kernel;
 use crate::device::{block_scale, check_operand, empty, nibble, KernelError, Nf4Device};
 use crate::gemm::kernel::{load_a_tile, store_tile, zero_accumulators, BK, BM, BN, LD};
+use crate::gemm::pipelined::BK64;
 use burn_backend::DType;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
@@ -153,9 +157,24 @@ pub fn gemm_dx_into<R: CubeRuntime>(dy: &CubeTensor<R>, w: &Nf4Device<R>, dx: &C
     let (absmax, qcodes, offset, double) = w.scale_args();
     let dy_arg = unsafe { ArrayArg::from_raw_parts(dy.handle.clone(), m * w.n / 8) };
     let dx_arg = unsafe { ArrayArg::from_raw_parts(dx.handle.clone(), m * w.k) };
-    let words = w.words_arg(2);
     let count = CubeCount::Static(w.k.div_ceil(BN) as u32, m.div_ceil(BM) as u32, 1);
     let dim = CubeDim::new_1d(256);
+    if w.n % BK64 == 0 && w.k % 32 == 0 {
+        let words = w.words_arg(4);
+        unsafe {
+            match dy.dtype {
+                DType::BF16 => gemm_dx64_kernel::launch_unchecked::<half::bf16, R>(
+                    client, count, dim, dy_arg, words, absmax, qcodes, w.lut_arg(), dx_arg, offset, m, w.n, w.k, shift, double,
+                ),
+                DType::F16 => gemm_dx64_kernel::launch_unchecked::<half::f16, R>(
+                    client, count, dim, dy_arg, words, absmax, qcodes, w.lut_arg(), dx_arg, offset, m, w.n, w.k, shift, double,
+                ),
+                dtype => return Err(KernelError::Dtype { kernel: NAME, dtype }),
+            }
+        }
+        return Ok(());
+    }
+    let words = w.words_arg(2);
     unsafe {
         match dy.dtype {
             DType::BF16 => gemm_dx_kernel::launch_unchecked::<half::bf16, R>(

@@ -6,6 +6,8 @@ pub mod reference;
 #[cfg(feature = "cuda")]
 mod kernel;
 #[cfg(feature = "cuda")]
+mod pipelined;
+#[cfg(feature = "cuda")]
 pub use kernel::{gemm_dx, gemm_dx_into};
 
 #[cfg(test)]

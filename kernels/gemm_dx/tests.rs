@@ -38,10 +38,15 @@ mod device {
         let Some((client, device)) = cuda() else { return };
         let mut rng = rng("gemm_dx kernel");
         let map = synthetic_map();
-        for _ in 0..5 {
+        for case in 0..8 {
+            // Cases 0..4 take the pipelined kernel (N % 64 == 0, K % 32 == 0); 4..8 the first
+            // one (N an odd multiple of 32, or K an odd multiple of 16).
             let m = rng.random_range(1..300);
-            let n = 32 * rng.random_range(1..20);
-            let k = 16 * rng.random_range(1..40);
+            let (n, k) = match case {
+                0..4 => (64 * rng.random_range(1..10), 32 * rng.random_range(1..20)),
+                4 | 5 => (32 * (2 * rng.random_range(0..10) + 1), 16 * rng.random_range(1..40)),
+                _ => (64 * rng.random_range(1..10), 16 * (2 * rng.random_range(0..20) + 1)),
+            };
             let double = rng.random();
             let bs = [32, 64][rng.random_range(0..2)];
             let w = random_nf4(&mut rng, n, k, bs, double, &map);
@@ -50,8 +55,24 @@ mod device {
             let dyd = upload_float(&client, &device, &dy, vec![m, n], DType::BF16);
             let dx = poisoned(&client, &device, vec![m, k], DType::BF16);
             gemm_dx_into(&dyd, &dev, &dx).unwrap();
-            let what = format!("gemm_dx bf16 double={double} M={m} N={n} K={k}");
+            let what = format!("gemm_dx bf16 double={double} blocksize={bs} M={m} N={n} K={k}");
             assert_close(&what, &read_f32(&dx), &matmul_dx(&dy, m, &w.view()), "GEMM_DX_BF16_REL", GEMM_DX_BF16_REL);
         }
+    }
+
+    #[test]
+    fn kernel_matches_reference_on_many_tiles() {
+        let Some((client, device)) = cuda() else { return };
+        let mut rng = rng("gemm_dx many tiles");
+        let map = synthetic_map();
+        // 16 reduction steps of 64 and a partial last column tile (K = 1056 = 8 * 128 + 32).
+        let (m, n, k) = (300, 1024, 1056);
+        let w = random_nf4(&mut rng, n, k, 64, true, &map);
+        let dy = round_bf16(&uniform(&mut rng, m * n, 1.0));
+        let dev = Nf4Device::upload(&client, &device, &w.view(), &map);
+        let dyd = upload_float(&client, &device, &dy, vec![m, n], DType::BF16);
+        let dx = poisoned(&client, &device, vec![m, k], DType::BF16);
+        gemm_dx_into(&dyd, &dev, &dx).unwrap();
+        assert_close("gemm_dx bf16 M=300 N=1024 K=1056", &read_f32(&dx), &matmul_dx(&dy, m, &w.view()), "GEMM_DX_BF16_REL", GEMM_DX_BF16_REL);
     }
 }
