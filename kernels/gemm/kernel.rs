@@ -108,6 +108,22 @@ pub(crate) fn zero_accumulators() -> Sequence<cmma::Matrix<f32>> {
     acc
 }
 
+/// Launches one of the fused NF4 GEMM kernels (all four share one parameter list: operand,
+/// packed words, scales, LUT, output, offset, rows, N, K, block shift, double) at the operand's
+/// dtype, bf16 or f16; another dtype returns [`KernelError::Dtype`] from the calling function.
+macro_rules! launch_nf4_gemm {
+    ($kernel:ident, $name:expr, $dtype:expr, $client:expr, $count:expr, $dim:expr, $($arg:expr),+ $(,)?) => {
+        unsafe {
+            match $dtype {
+                DType::BF16 => $kernel::launch_unchecked::<half::bf16, R>($client, $count, $dim, $($arg),+),
+                DType::F16 => $kernel::launch_unchecked::<half::f16, R>($client, $count, $dim, $($arg),+),
+                dtype => return Err(KernelError::Dtype { kernel: $name, dtype }),
+            }
+        }
+    };
+}
+pub(crate) use launch_nf4_gemm;
+
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn gemm_kernel<F: Float>(
@@ -247,30 +263,10 @@ pub fn gemm_into<R: CubeRuntime>(x: &CubeTensor<R>, w: &Nf4Device<R>, y: &CubeTe
     let dim = CubeDim::new_1d(256);
     if w.k % BK64 == 0 {
         let words = w.words_arg(4);
-        unsafe {
-            match x.dtype {
-                DType::BF16 => gemm64_kernel::launch_unchecked::<half::bf16, R>(
-                    client, count, dim, x_arg, words, absmax, qcodes, w.lut_arg(), y_arg, offset, m, w.n, w.k, shift, double,
-                ),
-                DType::F16 => gemm64_kernel::launch_unchecked::<half::f16, R>(
-                    client, count, dim, x_arg, words, absmax, qcodes, w.lut_arg(), y_arg, offset, m, w.n, w.k, shift, double,
-                ),
-                dtype => return Err(KernelError::Dtype { kernel: NAME, dtype }),
-            }
-        }
+        launch_nf4_gemm!(gemm64_kernel, NAME, x.dtype, client, count, dim, x_arg, words, absmax, qcodes, w.lut_arg(), y_arg, offset, m, w.n, w.k, shift, double);
         return Ok(());
     }
     let words = w.words_arg(2);
-    unsafe {
-        match x.dtype {
-            DType::BF16 => gemm_kernel::launch_unchecked::<half::bf16, R>(
-                client, count, dim, x_arg, words, absmax, qcodes, w.lut_arg(), y_arg, offset, m, w.n, w.k, shift, double,
-            ),
-            DType::F16 => gemm_kernel::launch_unchecked::<half::f16, R>(
-                client, count, dim, x_arg, words, absmax, qcodes, w.lut_arg(), y_arg, offset, m, w.n, w.k, shift, double,
-            ),
-            dtype => return Err(KernelError::Dtype { kernel: NAME, dtype }),
-        }
-    }
+    launch_nf4_gemm!(gemm_kernel, NAME, x.dtype, client, count, dim, x_arg, words, absmax, qcodes, w.lut_arg(), y_arg, offset, m, w.n, w.k, shift, double);
     Ok(())
 }

@@ -11,7 +11,7 @@
 
 use super::pipelined::gemm_dx64_kernel;
 use crate::device::{block_scale, check_operand, empty, nibble, KernelError, Nf4Device};
-use crate::gemm::kernel::{load_a_tile, store_tile, zero_accumulators, BK, BM, BN, LD};
+use crate::gemm::kernel::{launch_nf4_gemm, load_a_tile, store_tile, zero_accumulators, BK, BM, BN, LD};
 use crate::gemm::pipelined::BK64;
 use burn_backend::DType;
 use burn_cubecl::tensor::CubeTensor;
@@ -161,30 +161,10 @@ pub fn gemm_dx_into<R: CubeRuntime>(dy: &CubeTensor<R>, w: &Nf4Device<R>, dx: &C
     let dim = CubeDim::new_1d(256);
     if w.n % BK64 == 0 && w.k % 32 == 0 {
         let words = w.words_arg(4);
-        unsafe {
-            match dy.dtype {
-                DType::BF16 => gemm_dx64_kernel::launch_unchecked::<half::bf16, R>(
-                    client, count, dim, dy_arg, words, absmax, qcodes, w.lut_arg(), dx_arg, offset, m, w.n, w.k, shift, double,
-                ),
-                DType::F16 => gemm_dx64_kernel::launch_unchecked::<half::f16, R>(
-                    client, count, dim, dy_arg, words, absmax, qcodes, w.lut_arg(), dx_arg, offset, m, w.n, w.k, shift, double,
-                ),
-                dtype => return Err(KernelError::Dtype { kernel: NAME, dtype }),
-            }
-        }
+        launch_nf4_gemm!(gemm_dx64_kernel, NAME, dy.dtype, client, count, dim, dy_arg, words, absmax, qcodes, w.lut_arg(), dx_arg, offset, m, w.n, w.k, shift, double);
         return Ok(());
     }
     let words = w.words_arg(2);
-    unsafe {
-        match dy.dtype {
-            DType::BF16 => gemm_dx_kernel::launch_unchecked::<half::bf16, R>(
-                client, count, dim, dy_arg, words, absmax, qcodes, w.lut_arg(), dx_arg, offset, m, w.n, w.k, shift, double,
-            ),
-            DType::F16 => gemm_dx_kernel::launch_unchecked::<half::f16, R>(
-                client, count, dim, dy_arg, words, absmax, qcodes, w.lut_arg(), dx_arg, offset, m, w.n, w.k, shift, double,
-            ),
-            dtype => return Err(KernelError::Dtype { kernel: NAME, dtype }),
-        }
-    }
+    launch_nf4_gemm!(gemm_dx_kernel, NAME, dy.dtype, client, count, dim, dy_arg, words, absmax, qcodes, w.lut_arg(), dx_arg, offset, m, w.n, w.k, shift, double);
     Ok(())
 }
