@@ -14,7 +14,8 @@
 //! - [`gemm`]: the same product for prefill and training, tiles of `W` dequantized into
 //!   shared memory feeding tensor-core (cmma) instructions, f32 accumulation;
 //! - [`gemm_dx`]: the backward product `dX[M, K] = dY[M, N] W` of the frozen weight;
-//! - [`adamw8`]: the 8-bit blockwise AdamW step (bitsandbytes' `AdamW8bit`) for the adapters.
+//! - [`adamw8`]: the 8-bit blockwise AdamW step (bitsandbytes' `AdamW8bit`) for the adapters;
+//! - [`swiglu`]: the MLP activation `silu(gate) * up` and its two gradients, one pass each.
 
 pub mod adamw8;
 pub mod dequant;
@@ -22,6 +23,7 @@ pub mod gemm;
 pub mod gemm_dx;
 pub mod gemv;
 pub mod nf4;
+pub mod swiglu;
 pub mod testutil;
 
 #[cfg(feature = "cuda")]

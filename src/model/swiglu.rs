@@ -8,6 +8,13 @@
 //! `s = sigmoid(g)`, in the tensors' dtype as autodiff computes them (tested equal to it).
 //! Taken on the autodiff backends training uses ([`super::autodiff_op`]); elsewhere the
 //! tensor ops.
+//!
+//! On CUDA (feature `cuda`) the forward, with or without autodiff, and the backward are each
+//! one fused kernel (`medqlora_kernels::swiglu`): as tensor ops the forward is ~9 kernels in
+//! f32 (casts, Burn's sigmoid as `exp(-log1p(exp(-x)))`, the product) and the backward more,
+//! all memory-bound. The CPU keeps the tensor ops, so the tests below check the autodiff
+//! structure against Burn's own gradients; the kernels are tested against their reference in
+//! the kernel crate.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -26,11 +33,82 @@ fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
-/// `silu(gate) * up`, elementwise, same shapes.
+/// `silu(gate) * up`, elementwise, same shapes (`[batch, seq, intermediate]` in the MLP).
 pub fn swiglu<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) -> Tensor<B, D> {
     match on_training_backend(&Swiglu::<B, D>(PhantomData), (gate, up)) {
         Ok(y) => y,
-        Err((gate, up)) => silu(gate) * up,
+        Err((gate, up)) => float(forward_prim::<B, D>(gate.into_primitive().tensor(), up.into_primitive().tensor())),
+    }
+}
+
+/// `silu(g) * u` on primitives of one shape: the fused kernel on CUDA, the tensor ops elsewhere.
+fn forward_prim<B: Backend, const D: usize>(g: FloatTensor<B>, u: FloatTensor<B>) -> FloatTensor<B> {
+    #[cfg(feature = "cuda")]
+    let (g, u) = match cuda::forward::<B>(g, u) {
+        Ok(y) => return y,
+        Err(back) => back,
+    };
+    (silu(float::<B, D>(g)) * float::<B, D>(u)).into_primitive().tensor()
+}
+
+/// [`swiglu_backward`] on primitives: `(d g, d u)`, the fused kernel on CUDA.
+fn backward_prim<B: Backend, const D: usize>(g: FloatTensor<B>, u: FloatTensor<B>, dh: FloatTensor<B>) -> (FloatTensor<B>, FloatTensor<B>) {
+    #[cfg(feature = "cuda")]
+    let (g, u, dh) = match cuda::backward::<B>(g, u, dh) {
+        Ok(grads) => return grads,
+        Err(back) => back,
+    };
+    let (dg, du) = swiglu_backward(float::<B, D>(g), float::<B, D>(u), float::<B, D>(dh));
+    (dg.into_primitive().tensor(), du.into_primitive().tensor())
+}
+
+/// The kernels on `CubeTensor<CudaRuntime>` primitives (every CUDA float dtype: one type check).
+/// Inputs are made contiguous first (`dh` may arrive broadcast from a reduction's backward);
+/// a layout the kernels refuse (e.g. operands of different dtypes) takes the tensor ops.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::cast;
+    use burn::tensor::backend::Backend;
+    use burn::tensor::ops::FloatTensor;
+    use medqlora_kernels::burn_cubecl::kernel::into_contiguous;
+    use medqlora_kernels::burn_cubecl::tensor::CubeTensor;
+    use medqlora_kernels::cubecl::cuda::CudaRuntime;
+    use medqlora_kernels::swiglu;
+
+    type Cube = CubeTensor<CudaRuntime>;
+
+    fn cube<B: Backend>(t: FloatTensor<B>) -> Cube {
+        into_contiguous(cast(t).unwrap_or_else(|_| unreachable!("operands of one backend")))
+    }
+
+    fn back<B: Backend>(c: Cube) -> FloatTensor<B> {
+        cast(c).unwrap_or_else(|_| unreachable!("B's float tensors are CUDA cube tensors"))
+    }
+
+    pub(super) fn forward<B: Backend>(g: FloatTensor<B>, u: FloatTensor<B>) -> Result<FloatTensor<B>, (FloatTensor<B>, FloatTensor<B>)> {
+        let g = match cast::<_, Cube>(g) {
+            Ok(g) => into_contiguous(g),
+            Err(g) => return Err((g, u)),
+        };
+        let u = cube::<B>(u);
+        swiglu::swiglu_forward(&g, &u).map(back::<B>).map_err(|_| (back::<B>(g), back::<B>(u)))
+    }
+
+    #[allow(clippy::type_complexity)]
+    pub(super) fn backward<B: Backend>(
+        g: FloatTensor<B>,
+        u: FloatTensor<B>,
+        dh: FloatTensor<B>,
+    ) -> Result<(FloatTensor<B>, FloatTensor<B>), (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>)> {
+        let g = match cast::<_, Cube>(g) {
+            Ok(g) => into_contiguous(g),
+            Err(g) => return Err((g, u, dh)),
+        };
+        let (u, dh) = (cube::<B>(u), cube::<B>(dh));
+        match swiglu::swiglu_backward(&g, &u, &dh) {
+            Ok((dg, du)) => Ok((back::<B>(dg), back::<B>(du))),
+            Err(_) => Err((back::<B>(g), back::<B>(u), back::<B>(dh))),
+        }
     }
 }
 
@@ -69,21 +147,21 @@ impl<B: Backend, const D: usize> Backward<B, 2> for SwigluBackward<D> {
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let [node_g, node_u] = ops.parents;
-        let dh = float::<B, D>(grads.consume::<B>(&ops.node));
+        let dh = grads.consume::<B>(&ops.node);
         let (g, u) = ops.state;
-        let (dg, du) = swiglu_backward(float::<B, D>(g), float::<B, D>(u), dh);
+        let (dg, du) = backward_prim::<B, D>(g, u, dh);
         if let Some(node) = node_g {
-            grads.register::<B>(node.id, dg.into_primitive().tensor());
+            grads.register::<B>(node.id, dg);
         }
         if let Some(node) = node_u {
-            grads.register::<B>(node.id, du.into_primitive().tensor());
+            grads.register::<B>(node.id, du);
         }
     }
 }
 
 fn on_autodiff<I: Backend, C: CheckpointStrategy, const D: usize>(g: Tensor<Autodiff<I, C>, D>, u: Tensor<Autodiff<I, C>, D>) -> Tensor<Autodiff<I, C>, D> {
     let (g, u) = (g.into_primitive().tensor(), u.into_primitive().tensor());
-    let out = (silu(float::<I, D>(g.primitive.clone())) * float::<I, D>(u.primitive.clone())).into_primitive().tensor();
+    let out = forward_prim::<I, D>(g.primitive.clone(), u.primitive.clone());
     let out = match SwigluBackward::<D>.prepare::<C>([g.node.clone(), u.node.clone()]).compute_bound().stateful() {
         OpsKind::Tracked(prep) => prep.finish((g.primitive, u.primitive), out),
         OpsKind::UnTracked(prep) => prep.finish(out),
