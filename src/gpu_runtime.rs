@@ -103,6 +103,14 @@ pub struct GpuMemory {
     pub in_use: u64,
     /// Bytes the pools have taken from the card: live tensors, padding and free pool pages.
     pub reserved: u64,
+    /// Bytes in use on the whole card (`cuMemGetInfo`: total - free), what nvidia-smi's
+    /// `memory.used` reads: the pools plus the CUDA context, loaded kernel modules and the
+    /// local-memory (stack) reserve, and other processes' memory.
+    pub device_used: u64,
+    /// Per-thread stack bytes the context reserves local memory for (`CU_LIMIT_STACK_SIZE`,
+    /// grown by the driver to the largest stack frame launched so far, times every resident
+    /// thread of the card).
+    pub stack_per_thread: u64,
 }
 
 /// The pools of `device` now, or `None` on the CPU and in builds without the `cuda` feature.
@@ -113,14 +121,87 @@ pub fn memory(device: crate::backend::DeviceSpec) -> Option<GpuMemory> {
         #[cfg(feature = "cuda")]
         crate::backend::DeviceSpec::Cuda(i) => {
             use medqlora_kernels::cubecl::{cuda::CudaDevice, cuda::CudaRuntime, Runtime};
-            CudaRuntime::client(&CudaDevice::new(i))
-                .memory_usage()
-                .ok()
-                .map(|u| GpuMemory { in_use: u.bytes_in_use, reserved: u.bytes_reserved })
+            let pools = CudaRuntime::client(&CudaDevice::new(i)).memory_usage().ok()?;
+            let (device_used, stack_per_thread) = driver_memory(i).unwrap_or((0, 0));
+            Some(GpuMemory { in_use: pools.bytes_in_use, reserved: pools.bytes_reserved, device_used, stack_per_thread })
         }
         #[cfg(not(feature = "cuda"))]
         crate::backend::DeviceSpec::Cuda(_) => None,
     }
+}
+
+/// Gives back the local memory that one-off kernels left reserved. The CUDA driver grows a
+/// context's per-thread stack to the largest frame launched so far and reserves it for every
+/// thread the card can hold (270,336 on an H200), and never shrinks it: on the H200 the first
+/// 7B step (autotune trying matmul variants) left 6,016 B per thread, 1.6 GB, against 1,024 B
+/// in a process whose autotune results were cached. After each step the limit goes back to
+/// what it was before the first; if the next step grows it again, its own kernels need that
+/// stack, and the trim stops.
+#[derive(Debug)]
+pub struct LocalMemoryTrim {
+    device: crate::backend::DeviceSpec,
+    baseline: Option<u64>,
+    trimmed: bool,
+}
+
+impl LocalMemoryTrim {
+    /// Reads the stack limit of `device` before any step (nothing to do on the CPU).
+    pub fn new(device: crate::backend::DeviceSpec) -> Self {
+        Self { device, baseline: memory(device).map(|m| m.stack_per_thread).filter(|&b| b > 0), trimmed: false }
+    }
+
+    /// Call after a step: returns the bytes per thread given back, if any.
+    pub fn after_step(&mut self) -> Option<u64> {
+        let baseline = self.baseline?;
+        let now = memory(self.device)?.stack_per_thread;
+        if now <= baseline {
+            return None;
+        }
+        if self.trimmed {
+            // Grown again by steady-state kernels: trimming would only reallocate every step.
+            self.baseline = None;
+            return None;
+        }
+        self.trimmed = set_stack_limit(self.device, baseline);
+        self.trimmed.then_some(now - baseline)
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn set_stack_limit(device: crate::backend::DeviceSpec, bytes: u64) -> bool {
+    use cudarc::driver::{result, sys};
+    let crate::backend::DeviceSpec::Cuda(index) = device else { return false };
+    let Ok(dev) = result::device::get(index as i32) else { return false };
+    // SAFETY: as in `driver_memory`: the runtime's primary context, retained and released.
+    unsafe {
+        let Ok(ctx) = result::primary_ctx::retain(dev) else { return false };
+        let ok = result::ctx::set_current(ctx).is_ok() && result::ctx::set_limit(sys::CUlimit::CU_LIMIT_STACK_SIZE, bytes as usize).is_ok();
+        let _ = result::primary_ctx::release(dev);
+        ok
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn set_stack_limit(_device: crate::backend::DeviceSpec, _bytes: u64) -> bool {
+    false
+}
+
+/// `(total - free, stack limit)` of device `index`, read in its primary context (the one the
+/// GPU runtime runs in), made current on this thread.
+#[cfg(feature = "cuda")]
+fn driver_memory(index: usize) -> Option<(u64, u64)> {
+    use cudarc::driver::{result, sys};
+    let device = result::device::get(index as i32).ok()?;
+    // SAFETY: retaining the primary context of a valid device and making it current on this
+    // thread; the runtime holds the same context, so this does not create a new one.
+    unsafe {
+        let ctx = result::primary_ctx::retain(device).ok()?;
+        result::ctx::set_current(ctx).ok()?;
+    }
+    let read = result::mem_get_info().ok().zip(result::ctx::get_limit(sys::CUlimit::CU_LIMIT_STACK_SIZE).ok());
+    // SAFETY: balances the retain above; the runtime's own retain keeps the context alive.
+    let _ = unsafe { result::primary_ctx::release(device) };
+    read.map(|((free, total), stack)| ((total - free) as u64, stack as u64))
 }
 
 /// Bytes the GPU runtime holds reserved on `device` ([`GpuMemory::reserved`]).

@@ -84,7 +84,15 @@ impl AutodiffTask for Task {
         // Where the memory goes (GPU): the frozen base + adapters + AdamW state before any step,
         // then what the step adds (activations, gradients, pool pages kept for reuse).
         let gb = |m: Option<crate::gpu_runtime::GpuMemory>| {
-            m.map(|m| format!("in use {:.2} GB, reserved {:.2} GB", m.in_use as f64 / 1e9, m.reserved as f64 / 1e9))
+            m.map(|m| {
+                format!(
+                    "in use {:.2} GB, reserved {:.2} GB, device used {:.2} GB (stack {} B/thread)",
+                    m.in_use as f64 / 1e9,
+                    m.reserved as f64 / 1e9,
+                    m.device_used as f64 / 1e9,
+                    m.stack_per_thread
+                )
+            })
                 .unwrap_or_else(|| "n/a (CPU)".into())
         };
         eprintln!("memory before the first step: {}", gb(crate::gpu_runtime::memory(a.device.device)));
@@ -92,6 +100,7 @@ impl AutodiffTask for Task {
         // Random tokens (fixed LCG), loss on every position, as the Python script does.
         let mut x = 12345u64;
         let mut times = Vec::new();
+        let mut trim = crate::gpu_runtime::LocalMemoryTrim::new(a.device.device);
         for step in 0..a.warmup + a.steps {
             let ids: Vec<i64> = (0..n)
                 .map(|_| {
@@ -128,6 +137,9 @@ impl AutodiffTask for Task {
             // The step ends when the updated weights exist on the device.
             let _ = opt.master.values().next().map(|t| t.clone().slice([0..1, 0..1]).into_data());
             let secs = start.elapsed().as_secs_f64();
+            if let Some(bytes) = trim.after_step() {
+                eprintln!("step {step}: gave back the local-memory reserve of {bytes} B/thread that this step's kernels grew");
+            }
             eprintln!(
                 "step {step}: loss {:.4}, {:.2}s; memory after backward: {}; after the update: {}",
                 l.nll_sum / l.tokens as f64,
@@ -210,10 +222,12 @@ impl Timeline {
             // (they can shrink again: the step frees the head's buffers before the backward).
             let reserved = mem.iter().map(|(_, g)| g.reserved).max().unwrap_or(0);
             let grew = mem.iter().find(|(_, g)| g.reserved == reserved).map_or(*p, |(q, _)| *q);
+            let (dp, device) = mem.iter().max_by_key(|(_, g)| g.device_used).map_or((*p, 0), |(q, g)| (*q, g.device_used));
             out += &format!(
-                ", peak in use at marks {:.2} GB ({p:?}), reserved {:.2} GB from {grew:?}",
+                ", peak in use at marks {:.2} GB ({p:?}), reserved {:.2} GB from {grew:?}, device used {:.2} GB ({dp:?})",
                 m.in_use as f64 / 1e9,
-                reserved as f64 / 1e9
+                reserved as f64 / 1e9,
+                device as f64 / 1e9
             );
         }
         out

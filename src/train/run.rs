@@ -401,6 +401,7 @@ fn run_on<B: AutodiffBackend>(task: Task<'_>, device: &B::Device, mut group: Opt
     let (mut tokens_done, mut first_loss, mut last_loss, mut last_ckpt) = (0usize, None, None, None);
     let mut last_eval = None;
     let mut interrupted = false;
+    let mut trim = crate::gpu_runtime::LocalMemoryTrim::new(recipe.hardware.device);
     while state.step < t.max_steps {
         let step_start = Instant::now();
         let plan = StepBatches::take(&mut batcher, state.cursor, t.grad_accum);
@@ -419,6 +420,7 @@ fn run_on<B: AutodiffBackend>(task: Task<'_>, device: &B::Device, mut group: Opt
         let grad_norm = clip_global_norm(&mut grads, t.max_grad_norm);
         opt.step(grads, lr);
         load_into_model(&mut model, &opt.master);
+        trim.after_step();
         state.step += 1;
         state.tokens_seen += seen;
         state.losses.push((state.step, loss));
