@@ -2,7 +2,7 @@
 # On the GPU device: QLoRA training throughput and peak GPU memory, medqlora next to
 # transformers + bitsandbytes + PEFT in the same session, on random weights of the
 # Qwen2.5-0.5B and Qwen2.5-7B text shapes (seq 2048, bs 1, r 64, gradient checkpointing).
-# `mq` needs .carry-train/medqlora.xz (release + cuda); `py` needs bitsandbytes' wheel in .whl/
+# `mq` needs .carry-train/medqlora.xz or pack.sh's .carry/medqlora.xz (release + cuda); `py` needs bitsandbytes' wheel in .whl/
 # (the two do not fit one call's 64 MiB, so they are separate calls of one session).
 # Peak memory.used above the idle baseline is sampled by nvidia-smi every 100 ms, the same way
 # for both. The random checkpoint stays in models/rand-SIZE for the next call.
@@ -21,7 +21,8 @@ source "$(dirname "$0")/kcache.sh"
 kcache_restore
 if [ "$who" = mq ]; then
   bin=/tmp/mq/medqlora
-  [ -x $bin ] || { mkdir -p /tmp/mq && xz -dc .carry-train/medqlora.xz > $bin && chmod +x $bin; } || exit 1
+  packed=.carry-train/medqlora.xz; [ -f $packed ] || packed=.carry/medqlora.xz  # pack.sh's
+  [ -x $bin ] || { mkdir -p /tmp/mq && xz -dc $packed > $bin && chmod +x $bin; } || exit 1
 else
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
