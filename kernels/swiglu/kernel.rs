@@ -79,6 +79,28 @@ fn check<R: CubeRuntime>(kernel: &'static str, like: &CubeTensor<R>, operands: &
     Ok((n, vector))
 }
 
+/// Runs `$launch` with the type alias `$f` naming the element type of `$dtype` (f32, bf16 or
+/// f16); other dtypes return [`KernelError::Dtype`] from the enclosing function.
+macro_rules! with_float {
+    ($dtype:expr, $name:expr, $f:ident => $launch:expr) => {
+        match $dtype {
+            DType::F32 => {
+                type $f = f32;
+                $launch
+            }
+            DType::BF16 => {
+                type $f = half::bf16;
+                $launch
+            }
+            DType::F16 => {
+                type $f = half::f16;
+                $launch
+            }
+            dtype => return Err(KernelError::Dtype { kernel: $name, dtype }),
+        }
+    };
+}
+
 fn launch_dims<R: CubeRuntime>(client: &ComputeClient<R>, vectors: usize) -> (CubeCount, CubeDim) {
     let cube_dim = CubeDim::new_1d(256);
     (calculate_cube_count_elemwise(client, vectors, cube_dim), cube_dim)
@@ -106,19 +128,9 @@ pub fn swiglu_forward_into<R: CubeRuntime>(g: &CubeTensor<R>, u: &CubeTensor<R>,
     let vectors = n / vector;
     let client = &g.client;
     let (count, dim) = launch_dims(client, vectors);
-    macro_rules! launch {
-        ($f:ty) => {
-            swiglu_forward_kernel::launch_unchecked::<$f, R>(client, count, dim, vector, arg(g, vectors), arg(u, vectors), arg(y, vectors), vectors)
-        };
-    }
-    unsafe {
-        match g.dtype {
-            DType::F32 => launch!(f32),
-            DType::BF16 => launch!(half::bf16),
-            DType::F16 => launch!(half::f16),
-            dtype => return Err(KernelError::Dtype { kernel: NAME, dtype }),
-        }
-    }
+    with_float!(g.dtype, NAME, F => unsafe {
+        swiglu_forward_kernel::launch_unchecked::<F, R>(client, count, dim, vector, arg(g, vectors), arg(u, vectors), arg(y, vectors), vectors)
+    });
     Ok(())
 }
 
@@ -148,29 +160,19 @@ pub fn swiglu_backward_into<R: CubeRuntime>(
     let vectors = n / vector;
     let client = &g.client;
     let (count, dim) = launch_dims(client, vectors);
-    macro_rules! launch {
-        ($f:ty) => {
-            swiglu_backward_kernel::launch_unchecked::<$f, R>(
-                client,
-                count,
-                dim,
-                vector,
-                arg(g, vectors),
-                arg(u, vectors),
-                arg(dh, vectors),
-                arg(dg, vectors),
-                arg(du, vectors),
-                vectors,
-            )
-        };
-    }
-    unsafe {
-        match g.dtype {
-            DType::F32 => launch!(f32),
-            DType::BF16 => launch!(half::bf16),
-            DType::F16 => launch!(half::f16),
-            dtype => return Err(KernelError::Dtype { kernel: NAME, dtype }),
-        }
-    }
+    with_float!(g.dtype, NAME, F => unsafe {
+        swiglu_backward_kernel::launch_unchecked::<F, R>(
+            client,
+            count,
+            dim,
+            vector,
+            arg(g, vectors),
+            arg(u, vectors),
+            arg(dh, vectors),
+            arg(dg, vectors),
+            arg(du, vectors),
+            vectors,
+        )
+    });
     Ok(())
 }
