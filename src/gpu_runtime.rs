@@ -171,14 +171,7 @@ impl LocalMemoryTrim {
 fn set_stack_limit(device: crate::backend::DeviceSpec, bytes: u64) -> bool {
     use cudarc::driver::{result, sys};
     let crate::backend::DeviceSpec::Cuda(index) = device else { return false };
-    let Ok(dev) = result::device::get(index as i32) else { return false };
-    // SAFETY: as in `driver_memory`: the runtime's primary context, retained and released.
-    unsafe {
-        let Ok(ctx) = result::primary_ctx::retain(dev) else { return false };
-        let ok = result::ctx::set_current(ctx).is_ok() && result::ctx::set_limit(sys::CUlimit::CU_LIMIT_STACK_SIZE, bytes as usize).is_ok();
-        let _ = result::primary_ctx::release(dev);
-        ok
-    }
+    in_primary_context(index, || result::ctx::set_limit(sys::CUlimit::CU_LIMIT_STACK_SIZE, bytes as usize).ok()).is_some()
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -186,22 +179,32 @@ fn set_stack_limit(_device: crate::backend::DeviceSpec, _bytes: u64) -> bool {
     false
 }
 
-/// `(total - free, stack limit)` of device `index`, read in its primary context (the one the
-/// GPU runtime runs in), made current on this thread.
+/// `(total - free, stack limit)` of device `index`.
 #[cfg(feature = "cuda")]
 fn driver_memory(index: usize) -> Option<(u64, u64)> {
     use cudarc::driver::{result, sys};
+    in_primary_context(index, || {
+        let (free, total) = result::mem_get_info().ok()?;
+        let stack = result::ctx::get_limit(sys::CUlimit::CU_LIMIT_STACK_SIZE).ok()?;
+        Some(((total - free) as u64, stack as u64))
+    })
+}
+
+/// Runs `f` with device `index`'s primary context (the one the GPU runtime runs in) current on
+/// this thread; `None` when the driver refuses.
+#[cfg(feature = "cuda")]
+fn in_primary_context<T>(index: usize, f: impl FnOnce() -> Option<T>) -> Option<T> {
+    use cudarc::driver::result;
     let device = result::device::get(index as i32).ok()?;
-    // SAFETY: retaining the primary context of a valid device and making it current on this
-    // thread; the runtime holds the same context, so this does not create a new one.
+    // SAFETY: retains the primary context of a device the driver returned (the runtime holds
+    // the same context, so none is created) and releases it after `f`; the runtime's own
+    // retain keeps it alive.
     unsafe {
         let ctx = result::primary_ctx::retain(device).ok()?;
-        result::ctx::set_current(ctx).ok()?;
+        let out = result::ctx::set_current(ctx).ok().and_then(|()| f());
+        let _ = result::primary_ctx::release(device);
+        out
     }
-    let read = result::mem_get_info().ok().zip(result::ctx::get_limit(sys::CUlimit::CU_LIMIT_STACK_SIZE).ok());
-    // SAFETY: balances the retain above; the runtime's own retain keeps the context alive.
-    let _ = unsafe { result::primary_ctx::release(device) };
-    read.map(|((free, total), stack)| ((total - free) as u64, stack as u64))
 }
 
 /// Bytes the GPU runtime holds reserved on `device` ([`GpuMemory::reserved`]).
