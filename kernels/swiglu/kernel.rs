@@ -101,9 +101,23 @@ macro_rules! with_float {
     };
 }
 
-fn launch_dims<R: CubeRuntime>(client: &ComputeClient<R>, vectors: usize) -> (CubeCount, CubeDim) {
-    let cube_dim = CubeDim::new_1d(256);
-    (calculate_cube_count_elemwise(client, vectors, cube_dim), cube_dim)
+/// One launch over the operands: vectors, their width, and the grid (256 threads a cube).
+struct Launch {
+    vectors: usize,
+    vector: usize,
+    count: CubeCount,
+    dim: CubeDim,
+}
+
+/// [`check`]ed operands' launch, or `None` for empty tensors (nothing to launch).
+fn plan<R: CubeRuntime>(kernel: &'static str, like: &CubeTensor<R>, operands: &[(&str, &CubeTensor<R>)]) -> Result<Option<Launch>, KernelError> {
+    let (n, vector) = check(kernel, like, operands)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let vectors = n / vector;
+    let dim = CubeDim::new_1d(256);
+    Ok(Some(Launch { vectors, vector, count: calculate_cube_count_elemwise(&like.client, vectors, dim), dim }))
 }
 
 fn arg<R: CubeRuntime>(t: &CubeTensor<R>, vectors: usize) -> ArrayArg<R> {
@@ -121,13 +135,8 @@ pub fn swiglu_forward<R: CubeRuntime>(g: &CubeTensor<R>, u: &CubeTensor<R>) -> R
 /// [`swiglu_forward`] into `y` (contiguous, the inputs' shape and dtype; tests pass a poisoned one).
 pub fn swiglu_forward_into<R: CubeRuntime>(g: &CubeTensor<R>, u: &CubeTensor<R>, y: &CubeTensor<R>) -> Result<(), KernelError> {
     const NAME: &str = "swiglu forward";
-    let (n, vector) = check(NAME, g, &[("g", g), ("u", u), ("y", y)])?;
-    if n == 0 {
-        return Ok(());
-    }
-    let vectors = n / vector;
+    let Some(Launch { vectors, vector, count, dim }) = plan(NAME, g, &[("g", g), ("u", u), ("y", y)])? else { return Ok(()) };
     let client = &g.client;
-    let (count, dim) = launch_dims(client, vectors);
     with_float!(g.dtype, NAME, F => unsafe {
         swiglu_forward_kernel::launch_unchecked::<F, R>(client, count, dim, vector, arg(g, vectors), arg(u, vectors), arg(y, vectors), vectors)
     });
@@ -153,13 +162,8 @@ pub fn swiglu_backward_into<R: CubeRuntime>(
     du: &CubeTensor<R>,
 ) -> Result<(), KernelError> {
     const NAME: &str = "swiglu backward";
-    let (n, vector) = check(NAME, g, &[("g", g), ("u", u), ("dh", dh), ("dg", dg), ("du", du)])?;
-    if n == 0 {
-        return Ok(());
-    }
-    let vectors = n / vector;
+    let Some(Launch { vectors, vector, count, dim }) = plan(NAME, g, &[("g", g), ("u", u), ("dh", dh), ("dg", dg), ("du", du)])? else { return Ok(()) };
     let client = &g.client;
-    let (count, dim) = launch_dims(client, vectors);
     with_float!(g.dtype, NAME, F => unsafe {
         swiglu_backward_kernel::launch_unchecked::<F, R>(
             client,
