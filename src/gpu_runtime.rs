@@ -32,6 +32,9 @@ pub struct GpuRuntimeSettings {
     pub cache_dir: Option<PathBuf>,
     /// Autotune effort on new shapes.
     pub autotune: AutotuneLevel,
+    /// File receiving the memory pools' log: each new pool buffer, with every pool's buffers
+    /// by size (cubecl's memory logger at its basic level); `None` logs nothing.
+    pub memory_log: Option<PathBuf>,
 }
 
 impl GpuRuntimeSettings {
@@ -91,6 +94,12 @@ fn apply_cubecl(settings: &GpuRuntimeSettings) -> Result<(), GpuRuntimeError> {
         }
         // Autotune results then live in memory only: a folder is where cubecl always writes.
         None => config.compilation.cache = None,
+    }
+    if let Some(file) = &settings.memory_log {
+        use medqlora_kernels::cubecl::config::memory::MemoryLogLevel;
+        config.memory.logger.file = Some(file.clone());
+        config.memory.logger.append = false;
+        config.memory.logger.level = MemoryLogLevel::Basic;
     }
     CubeClRuntimeConfig::set(config);
     Ok(())

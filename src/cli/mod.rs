@@ -40,6 +40,10 @@ pub struct GpuRuntimeArgs {
     /// How many kernel variants autotune measures on a new matmul shape.
     #[arg(long, global = true, value_enum, default_value = "balanced")]
     pub autotune: crate::gpu_runtime::AutotuneLevel,
+    /// Write the GPU memory pools' log to FILE: every new pool buffer, with the pools' buffers
+    /// by size (to see where reserved memory goes).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub memory_log: Option<PathBuf>,
 }
 
 impl GpuRuntimeArgs {
@@ -50,7 +54,7 @@ impl GpuRuntimeArgs {
             (Some(dir), false) => Some(dir.clone()),
             (None, false) => crate::gpu_runtime::GpuRuntimeSettings::default_cache_dir(),
         };
-        crate::gpu_runtime::GpuRuntimeSettings { cache_dir, autotune: self.autotune }
+        crate::gpu_runtime::GpuRuntimeSettings { cache_dir, autotune: self.autotune, memory_log: self.memory_log.clone() }
     }
 }
 

@@ -4,7 +4,6 @@
 //! (bound `1 / sqrt(in)`), `B` zeros, so a fresh adapter leaves the model unchanged.
 //! Parameter names are PEFT's (`lora_A` / `lora_B` in exported files; `lora_a` / `lora_b` here).
 
-use crate::model::linear::matmul_weight_t;
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
 use serde::{Deserialize, Serialize};
@@ -64,24 +63,17 @@ impl<B: Backend> LoraAdapter<B> {
         }
     }
 
-    /// The adapter's contribution: `x: [batch, seq, in] -> [batch, seq, out]`.
+    /// The adapter's contribution: `x: [batch, seq, in] -> [batch, seq, out]` (one autodiff
+    /// operation under training, [`super::op::lora_branch`]).
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, s, k] = x.dims();
         let out = self.lora_b.val().dims()[0];
-        let x = if self.training && self.dropout > 0.0 {
-            // Inverted dropout as torch.nn.Dropout: zero with probability p, scale the rest.
-            let keep = x.random_like(Distribution::Bernoulli(1.0 - self.dropout));
-            (x * keep).div_scalar(1.0 - self.dropout)
-        } else {
-            x
-        };
         let x = x.reshape([b * s, k]);
+        // Inverted dropout as torch.nn.Dropout: each input element dropped with probability p.
+        let drop = (self.training && self.dropout > 0.0).then(|| x.random_like(Distribution::Bernoulli(self.dropout)).greater_elem(0.5));
         // The f32 weights are the trainer's master copy (no second, compute-dtype copy is
-        // kept); each product runs in the activations' dtype, and the cast's backward hands
-        // the optimizer f32 gradients.
-        let dtype = x.dtype();
-        let h = matmul_weight_t(x, self.lora_a.val().cast(dtype));
-        matmul_weight_t(h, self.lora_b.val().cast(dtype)).mul_scalar(self.scaling).reshape([b, s, out])
+        // kept); the products run in the activations' dtype, the weights' gradients come out f32.
+        super::op::lora_branch(x, drop, self.lora_a.val(), self.lora_b.val(), self.scaling, self.dropout).reshape([b, s, out])
     }
 
     /// Turns input dropout on (training) or off (evaluation, generation).

@@ -1,6 +1,7 @@
 //! LoRA adapters with PEFT semantics (targeting, initialization, scaling).
 
 pub mod layer;
+pub mod op;
 pub mod peft_io;
 pub mod targets;
 

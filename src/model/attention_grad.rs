@@ -34,7 +34,7 @@ fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
 
 /// Gradients of [`attend_causal_ops`] w.r.t. `q [b, kvh, rep, s, d]`, `k, v [b, kvh, t, d]`
 /// for the output gradient `dout [b, kvh, rep, s, d]`, recomputing the probabilities block
-/// by block (`block` query rows, as the forward).
+/// by block (the forward's blocks, [`super::attention::query_blocks`]).
 pub fn attention_backward<B: Backend>(
     q: Tensor<B, 5>,
     k: Tensor<B, 4>,
@@ -45,17 +45,13 @@ pub fn attention_backward<B: Backend>(
 ) -> (Tensor<B, 5>, Tensor<B, 4>, Tensor<B, 4>) {
     let [b, kvh, rep, s, d] = q.dims();
     let t = k.dims()[2];
-    let seen = t - s;
-    let block = block.max(1).min(s.max(1));
     let scale = (d as f64).powf(-0.5);
     let dtype = q.dtype();
     let mut dk = k.zeros_like();
     let mut dv = v.zeros_like();
-    let mut dqs = Vec::with_capacity(s.div_ceil(block));
-    for r0 in (0..s).step_by(block) {
-        let n = (r0 + block).min(s) - r0;
-        // The forward's single block (s <= block) reads every key, as `attend` does.
-        let keys = if s <= block { t } else { seen + r0 + n };
+    let blocks = super::attention::query_blocks(s, t - s, block);
+    let mut dqs = Vec::with_capacity(blocks.len());
+    for (r0, n, keys) in blocks {
         let qb = q.clone().narrow(3, r0, n).reshape([b, kvh, rep * n, d]);
         let kb = k.clone().narrow(2, 0, keys);
         let vb = v.clone().narrow(2, 0, keys);

@@ -123,7 +123,7 @@ pub fn matmul_weight_t<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B
 }
 
 /// True for burn-ndarray (plain or under autodiff), whose matmul copies strided operands.
-fn copies_strided_operands<B: Backend>() -> bool {
+pub(crate) fn copies_strided_operands<B: Backend>() -> bool {
     use burn::backend::{Autodiff, NdArray};
     use std::any::TypeId;
     let t = TypeId::of::<B>();

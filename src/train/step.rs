@@ -77,6 +77,10 @@ fn collect_grads<'a, B: AutodiffBackend>(
 /// sequence would be 1.2 GB, times the log-softmax and its gradient).
 pub const HEAD_CHUNK_ROWS: usize = 256;
 
+/// Layers of the checkpointed backward between two hand-backs of free pool buffers (see
+/// [`MicroStep::run`]): each hand-back costs the next layer its allocations again.
+const CLEANUP_EVERY_LAYERS: usize = 10;
+
 /// The scored rows of a batch: flat row indices into `[batch * seq]` and their target ids.
 struct Scored {
     rows: Vec<i64>,
@@ -194,9 +198,12 @@ impl<B: AutodiffBackend> MicroStep<'_, B> {
     /// (`memory_persistent_allocations`; CPU backends just run it). The default pools cut
     /// allocations out of pages of 1/16 to 1/4 of the card (2.2 and 8.8 GB on an H200): one
     /// 78 MB `[2048, 18944]` temporary beyond what a page holds took a whole new 2.2 GB page,
-    /// and pages are never returned. A step allocates the same sizes in every layer, so exact-size
-    /// buffers are reused layer after layer and step after step; what the head alone used is
-    /// handed back before the layers' backward (`memory_cleanup` frees free exact-size buffers).
+    /// and pages are never returned. A step allocates the same sizes in every layer, so
+    /// exact-size buffers are reused layer after layer. Each phase (tape-free forward, head,
+    /// layers' backward) also allocates sizes the others do not, and a free exact-size buffer
+    /// serves only its own size, so the free buffers are handed back after each phase
+    /// (`memory_cleanup`): the pool then peaks at the largest phase, not at one phase plus
+    /// what the others left behind.
     fn run(&self, observe: &mut (dyn FnMut(Phase) + Send), grads: &mut NamedTensors<B::InnerBackend>) -> MicroLoss {
         let device = self.model.device();
         let (loss, out) = B::memory_persistent_allocations(&device, (std::mem::take(grads), observe), |(mut g, observe)| {
@@ -248,6 +255,7 @@ impl<B: AutodiffBackend> MicroStep<'_, B> {
             x = layer.forward(x, &iinputs, None);
         }
         drop(inner);
+        B::memory_cleanup(&device);
         observe(Phase::Forward);
 
         // Head, one chunk of scored rows at a time: its loss and its part of the gradient w.r.t.
@@ -287,11 +295,17 @@ impl<B: AutodiffBackend> MicroStep<'_, B> {
             let prefix = format!("model.layers.{i}");
             collect_grads(layer.linears().into_iter().map(|(n, l)| (format!("{prefix}.{n}"), l)), &mut g, grads);
             observe(Phase::Layer(i));
+            if i > 0 && i % CLEANUP_EVERY_LAYERS == 0 {
+                // The saved inputs of the layers done are free buffers of one size, more than
+                // the layers' temporaries of that size ever need at once.
+                B::memory_cleanup(&device);
+            }
             upstream = match x.grad_remove(&mut g) {
                 Some(gx) => gx,
                 None => break,
             };
         }
+        B::memory_cleanup(&device);
         MicroLoss { nll_sum, tokens }
     }
 }

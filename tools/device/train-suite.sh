@@ -5,18 +5,21 @@
 # Needs .carry/ from tools/device/pack.sh, and .kcache-carry/ when a kernel cache was saved.
 # The tests use the same kernel cache as the benchmark (XDG_CACHE_HOME points the CLI's default
 # cache folder at .kcache), and the cache goes back to $OUT at the end (kcache_pack).
-# Usage: bash tools/device/train-suite.sh [TEST_SECONDS]   (time allowed to all tests; default 240)
+# Usage: bash tools/device/train-suite.sh [TEST_SECONDS] [-- EXTRA]   (TEST_SECONDS: time allowed
+# to all tests, default 240; EXTRA: more `medqlora bench train` flags, e.g. `--memory-log FILE`)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export CUDA_PATH=${CUDA_PATH:-/usr/local/cuda}
-budget=${1:-240}
+budget=${1:-240}; shift || true
+[ "${1:-}" = -- ] && shift
+extra=("$@")
 cd "$(dirname "$0")/../.."
 source tools/device/kcache.sh
 kcache_restore; mkdir -p .kcache /tmp/xdg/medqlora && ln -sfn "$PWD/.kcache" /tmp/xdg/medqlora/kernels
 bin=/tmp/mq; mkdir -p $bin
 for f in .carry/*.xz; do xz -dc "$f" > "$bin/$(basename "$f" .xz)"; chmod +x "$bin/$(basename "$f" .xz)"; done
 summary=()
-r=$(STEPS=3 WARMUP=1 bash tools/device/train-bench.sh mq 7b -- --optimizer adamw_8bit --profile | grep "^bench train")
+r=$(STEPS=3 WARMUP=1 bash tools/device/train-bench.sh mq 7b -- --optimizer adamw_8bit --profile "${extra[@]}" | grep "^bench train")
 echo "$r"; summary+=("7b: ${r##*| checkpointing true | }")
 grep -E "^(memory before|profile step 3|step 3:|step 0: gave)" "$OUT/stderr.log" | tail -4 | cut -c1-400
 end=$(( $(date +%s) + budget ))
