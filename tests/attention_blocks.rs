@@ -1,0 +1,47 @@
+//! Query-block attention on every backend against one block over the whole sequence on the
+//! CPU (eager attention), at the tiny fixture model's head shape (2 kv heads x 2, head dim 16)
+//! and the prompt lengths of `tests/eval.rs::batch_decoder_logits_equal_full_forwards`, whose
+//! CUDA run fails at a 599-token prefill: this localizes whether attention's blocks are where
+//! the CUDA prefill goes wrong. Lengths cover one block (87, 512), a 512-row block plus a tail
+//! (599, 1,001), and the three equal blocks (600, 1,024). Fresh random inputs each run.
+
+mod common;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use medqlora::model::attention::{attend_causal_ops, QUERY_BLOCK};
+use medqlora::model::text::causal_mask;
+use rand::{Rng, SeedableRng};
+
+#[test]
+fn blocked_attention_equals_eager_attention_on_the_cpu() {
+    fn run<B: Backend>(t: common::Target<B>) {
+        let seed: u64 = rand::rng().random();
+        println!("{}: seed {seed}", t.name);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let (kvh, rep, d) = (2, 2, 16);
+        for s in [87, 512, 599, 600, 1001, 1024] {
+            let mut normal = |len: usize| -> Vec<f32> { (0..len).map(|_| (0..4).map(|_| rng.random::<f32>() - 0.5).sum::<f32>() * 1.732).collect() };
+            let (q, k, v) = (normal(kvh * rep * s * d), normal(kvh * s * d), normal(kvh * s * d));
+            let on = |dev: &B::Device| {
+                let q = Tensor::<B, 5>::from_data(TensorData::new(q.clone(), [1, kvh, rep, s, d]), dev);
+                let k = Tensor::<B, 4>::from_data(TensorData::new(k.clone(), [1, kvh, s, d]), dev);
+                let v = Tensor::<B, 4>::from_data(TensorData::new(v.clone(), [1, kvh, s, d]), dev);
+                attend_causal_ops(q, k, v, &causal_mask::<B>(s, 0, dev), QUERY_BLOCK).into_data()
+            };
+            let want = {
+                type C = medqlora::backend::CpuBackend;
+                let dev = Default::default();
+                let q = Tensor::<C, 5>::from_data(TensorData::new(q.clone(), [1, kvh, rep, s, d]), &dev);
+                let k = Tensor::<C, 4>::from_data(TensorData::new(k.clone(), [1, kvh, s, d]), &dev);
+                let v = Tensor::<C, 4>::from_data(TensorData::new(v.clone(), [1, kvh, s, d]), &dev);
+                attend_causal_ops(q, k, v, &causal_mask::<C>(s, 0, &dev), s).into_data()
+            };
+            let e = common::rel_l2(&common::values(&on(&t.device)), &common::values(&want));
+            let bound = if t.name == "cpu" { 1e-5 } else { 1e-2 };
+            println!("{}: length {s}: blocks {:?}: relative L2 {e:.2e} (bound {bound:.0e})", t.name, medqlora::model::attention::query_blocks(s, 0, QUERY_BLOCK));
+            assert!(e.is_finite() && e <= bound, "{}: length {s}: relative L2 {e:e} > {bound:e} (seed {seed})", t.name);
+        }
+    }
+    on_every_backend!(run);
+}
