@@ -196,9 +196,7 @@ fn lora_branch_matches_the_plain_ops() {
         println!("{}: seed {seed}", t.name);
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let (m, k, n, r, p, s) = (512, 1024, 512, 64, 0.1, 0.25);
-        let mut normal = |len: usize, std: f32| -> Vec<f32> {
-            (0..len).map(|_| (0..4).map(|_| rng.random::<f32>() - 0.5).sum::<f32>() * std * 1.732).collect()
-        };
+        let mut normal = |len: usize, std: f32| common::bell(&mut rng, len, std);
         let (x, a, b, w) = (normal(m * k, 1.0), normal(r * k, 0.03), normal(n * r, 0.1), normal(m * n, 1.0));
         let drop: Vec<bool> = (0..m * k).map(|i| ((i as u64).wrapping_mul(seed | 1) >> 7) % 10 == 0).collect();
         let data = |v: &Vec<f32>, shape: [usize; 2]| TensorData::new(v.clone(), shape);

@@ -171,3 +171,10 @@ pub fn logged_steps(run: &Path) -> Vec<serde_json::Value> {
         .map(|v| v["metrics"].clone())
         .collect()
 }
+
+/// `len` values of mean 0 and standard deviation `std` (a sum of four uniforms: bell-shaped,
+/// bounded, no special cases), for the randomized tests; `rng` is seeded by the caller, which
+/// prints the seed.
+pub fn bell(rng: &mut impl rand::Rng, len: usize, std: f32) -> Vec<f32> {
+    (0..len).map(|_| (0..4).map(|_| rng.random::<f32>() - 0.5).sum::<f32>() * std * 1.732).collect()
+}
