@@ -16,7 +16,7 @@
 //! On the CPU (burn-ndarray, which copies every strided operand before a GEMM) nothing is cut;
 //! the tests force the cuts there to check them against autodiff through the plain ops.
 
-use crate::model::autodiff_op::{cast, on_training_backend, TrainingOp};
+use crate::model::autodiff_op::{cast, float, on_training_backend, prim, TrainingOp};
 use crate::model::linear::{copies_strided_operands, matmul_weight_t};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::{CheckpointStrategy, NoCheckpointing};
@@ -25,7 +25,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{BoolTensor, FloatTensor};
-use burn::tensor::{Bool, DType, Tensor, TensorPrimitive};
+use burn::tensor::{Bool, DType, Tensor};
 use std::marker::PhantomData;
 
 /// Slices of a reduction are at least this long on the GPU (shorter ones cost more in the f32
@@ -132,14 +132,6 @@ impl<B: Backend> TrainingOp for LoraOp<B> {
         let y = on_autodiff::<I, NoCheckpointing>(self.0, x, drop, a, b);
         Ok(cast::<_, Tensor<B, 2>>(y).unwrap_or_else(|_| unreachable!("Autodiff<I> is B")))
     }
-}
-
-fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(t))
-}
-
-fn prim<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
-    t.into_primitive().tensor()
 }
 
 /// What the backward keeps: the input, the mask, `h` and the two f32 weights.

@@ -15,7 +15,7 @@
 //! takes the tensor-op version.
 
 use super::attention::attend_causal_ops;
-use super::autodiff_op::{cast, on_training_backend, TrainingOp};
+use super::autodiff_op::{cast, float, on_training_backend, TrainingOp};
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -25,12 +25,8 @@ use burn::backend::Autodiff;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{BoolTensor, FloatTensor};
-use burn::tensor::{Bool, DType, Tensor, TensorPrimitive};
+use burn::tensor::{Bool, DType, Tensor};
 use std::any::Any;
-
-fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(t))
-}
 
 /// Gradients of [`attend_causal_ops`] w.r.t. `q [b, kvh, rep, s, d]`, `k, v [b, kvh, t, d]`
 /// for the output gradient `dout [b, kvh, rep, s, d]`, recomputing the probabilities block

@@ -4,7 +4,19 @@
 //! bound every generic function would have to carry. One list of the backends training runs.
 
 use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Tensor, TensorPrimitive};
 use std::any::Any;
+
+/// A float primitive as a tensor (what the operations' backward passes compute with).
+pub(crate) fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// A float tensor's primitive (what the operations hand to autodiff).
+pub(crate) fn prim<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
+    t.into_primitive().tensor()
+}
 
 /// `t` as a `U` when it is one (the run-time backend check), else `t` back.
 pub(crate) fn cast<T: 'static, U: 'static>(t: T) -> Result<U, T> {

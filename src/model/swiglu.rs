@@ -24,14 +24,10 @@ use burn::backend::Autodiff;
 use burn::tensor::activation::{sigmoid, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::Tensor;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
-use super::autodiff_op::{cast, on_training_backend, TrainingOp};
+use super::autodiff_op::{cast, float, on_training_backend, TrainingOp};
 use std::marker::PhantomData;
-
-fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(t))
-}
 
 /// `silu(gate) * up`, elementwise, same shapes (`[batch, seq, intermediate]` in the MLP).
 pub fn swiglu<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) -> Tensor<B, D> {

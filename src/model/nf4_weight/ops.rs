@@ -19,7 +19,8 @@ use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
-use burn::tensor::{Int, Tensor, TensorPrimitive};
+use burn::tensor::{Int, Tensor};
+use crate::model::autodiff_op::float;
 
 /// Block scales as backend primitives.
 #[derive(Debug, Clone)]
@@ -60,10 +61,6 @@ pub trait Nf4Backend: Backend {
     fn nf4_matmul_t(x: FloatTensor<Self>, w: Nf4Prims<Self>) -> FloatTensor<Self>;
     /// `dy [M, N] -> [M, K]`: `dy W` (the input gradient of [`Nf4Backend::nf4_matmul_t`]).
     fn nf4_matmul_dx(dy: FloatTensor<Self>, w: Nf4Prims<Self>) -> FloatTensor<Self>;
-}
-
-fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
 /// The dense weight `[n, k]` by Burn ops, in the dtype of `like` (the reference path).
