@@ -184,6 +184,29 @@ impl<R: CubeRuntime> Nf4Device<R> {
     }
 }
 
+/// Runs `$launch` with the type alias `$f` naming the element type of `$dtype` (f32, bf16 or
+/// f16); other dtypes return [`KernelError::Dtype`] from the enclosing function.
+macro_rules! with_float {
+    ($dtype:expr, $name:expr, $f:ident => $launch:expr) => {
+        match $dtype {
+            DType::F32 => {
+                type $f = f32;
+                $launch
+            }
+            DType::BF16 => {
+                type $f = half::bf16;
+                $launch
+            }
+            DType::F16 => {
+                type $f = half::f16;
+                $launch
+            }
+            dtype => return Err(KernelError::Dtype { kernel: $name, dtype }),
+        }
+    };
+}
+pub(crate) use with_float;
+
 /// Number of elements of a device tensor (by shape).
 pub(crate) fn numel<R: CubeRuntime>(t: &CubeTensor<R>) -> usize {
     t.meta.shape().num_elements()

@@ -3,13 +3,16 @@
 //! and the prompt lengths of `tests/eval.rs::batch_decoder_logits_equal_full_forwards`, whose
 //! CUDA run fails at a 599-token prefill: this localizes whether attention's blocks are where
 //! the CUDA prefill goes wrong. Lengths cover one block (87, 512), a 512-row block plus a tail
-//! (599, 1,001), and the three equal blocks (600, 1,024). Fresh random inputs each run.
+//! (599, 1,001), and the three equal blocks (600, 1,024). Fresh random inputs each run. On
+//! CUDA the blocks' softmax and its gradient are the fused kernels (`model::softmax`), so these
+//! tests also check them in the model's layout against the CPU's tensor ops.
 
 mod common;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use medqlora::model::attention::{attend_causal_ops, QUERY_BLOCK};
+use medqlora::model::attention_grad::attention_backward;
 use medqlora::model::text::causal_mask;
 use rand::{Rng, SeedableRng};
 
@@ -40,6 +43,36 @@ fn blocked_attention_equals_eager_attention_on_the_cpu() {
             let bound = if t.name == "cpu" { 1e-5 } else { 1e-2 };
             println!("{}: length {s}: blocks {:?}: relative L2 {e:.2e} (bound {bound:.0e})", t.name, medqlora::model::attention::query_blocks(s, 0, QUERY_BLOCK));
             assert!(e.is_finite() && e <= bound, "{}: length {s}: relative L2 {e:e} > {bound:e} (seed {seed})", t.name);
+        }
+    }
+    on_every_backend!(run);
+}
+
+#[test]
+fn blocked_attention_gradients_equal_eager_gradients_on_the_cpu() {
+    fn run<B: Backend>(t: common::Target<B>) {
+        let seed: u64 = rand::rng().random();
+        println!("{}: seed {seed}", t.name);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let (kvh, rep, d) = (2, 2, 16);
+        for s in [87, 599, 600, 1001] {
+            let n5 = kvh * rep * s * d;
+            let (q, k, v, dout) = (common::bell(&mut rng, n5, 1.0), common::bell(&mut rng, kvh * s * d, 1.0), common::bell(&mut rng, kvh * s * d, 1.0), common::bell(&mut rng, n5, 1.0));
+            fn grads<C: Backend>(dev: &C::Device, (q, k, v, dout): (&[f32], &[f32], &[f32], &[f32]), (kvh, rep, s, d): (usize, usize, usize, usize), block: usize) -> [Vec<f32>; 3] {
+                let t5 = |x: &[f32]| Tensor::<C, 5>::from_data(TensorData::new(x.to_vec(), [1, kvh, rep, s, d]), dev);
+                let t4 = |x: &[f32]| Tensor::<C, 4>::from_data(TensorData::new(x.to_vec(), [1, kvh, s, d]), dev);
+                let (dq, dk, dv) = attention_backward(t5(q), t4(k), t4(v), causal_mask::<C>(s, 0, dev), t5(dout), block);
+                [common::values(&dq.into_data()), common::values(&dk.into_data()), common::values(&dv.into_data())]
+            }
+            let inputs = (&q[..], &k[..], &v[..], &dout[..]);
+            let got = grads::<B>(&t.device, inputs, (kvh, rep, s, d), QUERY_BLOCK);
+            let want = grads::<medqlora::backend::CpuBackend>(&Default::default(), inputs, (kvh, rep, s, d), s);
+            let bound = if t.name == "cpu" { 1e-5 } else { 1e-2 };
+            for (name, g, w) in [("dq", &got[0], &want[0]), ("dk", &got[1], &want[1]), ("dv", &got[2], &want[2])] {
+                let e = common::rel_l2(g, w);
+                println!("{}: length {s}: {name} relative L2 {e:.2e} (bound {bound:.0e})", t.name);
+                assert!(e.is_finite() && e <= bound, "{}: length {s}: {name} relative L2 {e:e} > {bound:e} (seed {seed})", t.name);
+            }
         }
     }
     on_every_backend!(run);

@@ -3,7 +3,7 @@
 //! operand. Loads are cast to f32, the sigmoid is `1 / (1 + exp(-g))` in f32 (for `g < -88`
 //! `exp` overflows to inf and `s` is 0, the right limit), results are cast back once.
 
-use crate::device::{empty, numel, KernelError};
+use crate::device::{empty, numel, with_float, KernelError};
 use burn_backend::DType;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
@@ -77,28 +77,6 @@ fn check<R: CubeRuntime>(kernel: &'static str, like: &CubeTensor<R>, operands: &
         }
     }
     Ok((n, vector))
-}
-
-/// Runs `$launch` with the type alias `$f` naming the element type of `$dtype` (f32, bf16 or
-/// f16); other dtypes return [`KernelError::Dtype`] from the enclosing function.
-macro_rules! with_float {
-    ($dtype:expr, $name:expr, $f:ident => $launch:expr) => {
-        match $dtype {
-            DType::F32 => {
-                type $f = f32;
-                $launch
-            }
-            DType::BF16 => {
-                type $f = half::bf16;
-                $launch
-            }
-            DType::F16 => {
-                type $f = half::f16;
-                $launch
-            }
-            dtype => return Err(KernelError::Dtype { kernel: $name, dtype }),
-        }
-    };
 }
 
 /// One launch over the operands: vectors, their width, and the grid (256 threads a cube).

@@ -15,7 +15,8 @@ use super::kv_cache::KvCache;
 use super::linear::Linear;
 use super::rope::apply_rotary;
 use burn::module::Module;
-use burn::tensor::{activation::softmax, backend::Backend, Bool, DType, Tensor};
+use super::softmax::masked_softmax;
+use burn::tensor::{backend::Backend, Bool, Tensor};
 
 /// Self-attention with q/k/v bias and no o_proj bias, as in Qwen2.
 #[derive(Module, Debug)]
@@ -136,12 +137,8 @@ pub fn query_blocks(s: usize, seen: usize, block: usize) -> Vec<(usize, usize, u
 /// `mask: [_, 1, 1, n, t]` -> `[b, kvh, rep, n, d]`.
 fn attend<B: Backend>(q: Tensor<B, 5>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: Tensor<B, 5, Bool>) -> Tensor<B, 5> {
     let [b, kvh, rep, n, d] = q.dims();
-    let t = k.dims()[2];
-    let scores = q.reshape([b, kvh, rep * n, d]).matmul(k.swap_dims(2, 3)).mul_scalar((d as f64).powf(-0.5));
-    let dtype = scores.dtype();
-    let scores = scores.cast(DType::F32).reshape([b, kvh, rep, n, t]);
-    let scores = scores.mask_fill(mask.expand([b, kvh, rep, n, t]), f32::NEG_INFINITY);
-    let probs = softmax(scores, 4).cast(dtype).reshape([b, kvh, rep * n, t]);
+    let scores = q.reshape([b, kvh, rep * n, d]).matmul(k.swap_dims(2, 3));
+    let probs = masked_softmax(scores, mask, rep, (d as f64).powf(-0.5));
     probs.matmul(v).reshape([b, kvh, rep, n, d])
 }
 

@@ -9,23 +9,24 @@
 //! per block `S = q k^T * d^-0.5`, `P = softmax(S)` in f32, `dV += P^T dO`, `dP = dO V^T`,
 //! `dS = P * (dP - rowsum(P * dP))`, `dQ = dS K * d^-0.5`, `dK += dS^T Q * d^-0.5`, with the
 //! same dtype changes as the tensor-op version's gradients (matmuls in the compute dtype,
-//! softmax and its gradient in f32), so the two agree to rounding (tested).
+//! softmax and its gradient in f32, [`super::softmax`]: one kernel on CUDA), so the two agree
+//! to rounding (tested).
 //!
 //! Used on the autodiff backends the trainer runs ([`super::autodiff_op`]); any other backend
 //! takes the tensor-op version.
 
 use super::attention::attend_causal_ops;
 use super::autodiff_op::{cast, float, on_training_backend, TrainingOp};
+use super::softmax::masked_softmax_backward;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
-use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{BoolTensor, FloatTensor};
-use burn::tensor::{Bool, DType, Tensor};
+use burn::tensor::{Bool, Tensor};
 use std::any::Any;
 
 /// Gradients of [`attend_causal_ops`] w.r.t. `q [b, kvh, rep, s, d]`, `k, v [b, kvh, t, d]`
@@ -42,7 +43,6 @@ pub fn attention_backward<B: Backend>(
     let [b, kvh, rep, s, d] = q.dims();
     let t = k.dims()[2];
     let scale = (d as f64).powf(-0.5);
-    let dtype = q.dtype();
     let mut dk = k.zeros_like();
     let mut dv = v.zeros_like();
     let blocks = super::attention::query_blocks(s, t - s, block);
@@ -51,15 +51,12 @@ pub fn attention_backward<B: Backend>(
         let qb = q.clone().narrow(3, r0, n).reshape([b, kvh, rep * n, d]);
         let kb = k.clone().narrow(2, 0, keys);
         let vb = v.clone().narrow(2, 0, keys);
-        let m = mask.clone().narrow(3, r0, n).narrow(4, 0, keys).expand([b, kvh, rep, n, keys]);
-        let scores = qb.clone().matmul(kb.clone().swap_dims(2, 3)).mul_scalar(scale).cast(DType::F32).reshape([b, kvh, rep, n, keys]);
-        let p = softmax(scores.mask_fill(m, f32::NEG_INFINITY), 4);
+        let m = mask.clone().narrow(3, r0, n).narrow(4, 0, keys);
+        let scores = qb.clone().matmul(kb.clone().swap_dims(2, 3));
         let dob = dout.clone().narrow(3, r0, n).reshape([b, kvh, rep * n, d]);
-        let pd = p.clone().cast(dtype).reshape([b, kvh, rep * n, keys]);
-        let dvb = pd.swap_dims(2, 3).matmul(dob.clone());
-        let dp = dob.matmul(vb.swap_dims(2, 3)).cast(DType::F32).reshape([b, kvh, rep, n, keys]);
-        let row = (p.clone() * dp.clone()).sum_dim(4);
-        let ds = (p * (dp - row)).cast(dtype).mul_scalar(scale).reshape([b, kvh, rep * n, keys]);
+        let dp = dob.clone().matmul(vb.swap_dims(2, 3));
+        let (pd, ds) = masked_softmax_backward(scores, dp, m, rep, scale);
+        let dvb = pd.swap_dims(2, 3).matmul(dob);
         dqs.push(ds.clone().matmul(kb).reshape([b, kvh, rep, n, d]));
         let dkb = ds.swap_dims(2, 3).matmul(qb);
         let range = [0..b, 0..kvh, 0..keys, 0..d];

@@ -13,6 +13,7 @@ pub mod mlp;
 pub mod nf4_weight;
 pub mod norm;
 pub mod rope;
+pub mod softmax;
 pub mod swiglu;
 pub mod text;
 pub mod tiny;
