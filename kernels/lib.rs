@@ -7,8 +7,9 @@
 //! scales optionally double-quantized (u8 codes into the signed dynamic map, one f32 per 256
 //! blocks, plus an offset). Every kernel decodes the scales on the fly.
 //!
-//! One folder per op, each with its `#[cube]` body and launch code (feature `cuda`), its
-//! reference (always compiled, so CPU CI tests it) and its tests:
+//! One folder per op, each with its `#[cube]` body and launch code (feature `launch`, which
+//! `cuda` and `wgpu` turn on), its reference (always compiled, so CPU CI tests it) and its
+//! tests:
 //! - [`dequant`]: `W` to a dense f32/bf16/f16 tensor;
 //! - [`gemv`]: `Y[M, N] = X[M, K] W^T` for decode (`M <= 8`), on CUDA cores;
 //! - [`gemm`]: the same product for prefill and training, tiles of `W` dequantized into
@@ -30,11 +31,11 @@ pub mod testutil;
 
 #[cfg(feature = "cuda")]
 pub mod bench;
-#[cfg(feature = "cuda")]
+#[cfg(feature = "launch")]
 pub mod device;
 
 pub use nf4::{Nf4Host, Nf4Owned, ScalesHost, ScalesOwned, NF4_CODE};
 
 /// The crates the launch code is written against, for callers that implement backends on top.
-#[cfg(feature = "cuda")]
+#[cfg(feature = "launch")]
 pub use {burn_backend, burn_cubecl, cubecl};

@@ -80,6 +80,22 @@ pub fn round_bf16(v: &[f32]) -> Vec<f32> {
 /// not write fails [`rel_l2`].
 pub const POISON: f32 = f32::NAN;
 
+/// The wgpu client for the kernel tests that run on any cubecl runtime (on a machine without a
+/// GPU, Vulkan through Mesa's lavapipe, which `.ci/run` installs), or `None` after printing why
+/// they are skipped.
+#[cfg(feature = "wgpu")]
+pub fn wgpu() -> Option<(cubecl::client::ComputeClient<cubecl::wgpu::WgpuRuntime>, cubecl::wgpu::WgpuDevice)> {
+    use cubecl::Runtime;
+    let device = cubecl::wgpu::WgpuDevice::default();
+    match std::panic::catch_unwind(|| cubecl::wgpu::WgpuRuntime::client(&device)) {
+        Ok(client) => Some((client, device)),
+        Err(_) => {
+            println!("SKIPPED: no wgpu adapter (install a Vulkan driver; on a CPU, Mesa's lavapipe: apt-get install mesa-vulkan-drivers)");
+            None
+        }
+    }
+}
+
 /// The CUDA client for device tests, or `None` after printing `SKIPPED: no CUDA device`.
 #[cfg(feature = "cuda")]
 pub fn cuda() -> Option<(cubecl::client::ComputeClient<cubecl::cuda::CudaRuntime>, cubecl::cuda::CudaDevice)> {

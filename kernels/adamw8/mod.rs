@@ -10,9 +10,9 @@
 
 pub mod reference;
 
-#[cfg(feature = "cuda")]
+#[cfg(feature = "launch")]
 mod kernel;
-#[cfg(feature = "cuda")]
+#[cfg(feature = "launch")]
 pub use kernel::{adamw8_step, adamw8_step_into, Adam8Device};
 
 #[cfg(test)]

@@ -3,9 +3,9 @@
 
 pub mod reference;
 
-#[cfg(feature = "cuda")]
+#[cfg(feature = "launch")]
 mod kernel;
-#[cfg(feature = "cuda")]
+#[cfg(feature = "launch")]
 pub use kernel::{dequantize, dequantize_into};
 
 #[cfg(test)]

@@ -2,11 +2,11 @@
 //! memory feed tensor-core (cmma 16x16x16) instructions, f32 accumulation. The reference is
 //! [`crate::gemv::reference::matmul_t`] (the same function).
 
-#[cfg(feature = "cuda")]
+#[cfg(feature = "launch")]
 pub(crate) mod kernel;
-#[cfg(feature = "cuda")]
+#[cfg(feature = "launch")]
 pub(crate) mod pipelined;
-#[cfg(feature = "cuda")]
+#[cfg(feature = "launch")]
 pub use kernel::{gemm, gemm_into};
 
 #[cfg(test)]

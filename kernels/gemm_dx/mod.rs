@@ -3,11 +3,11 @@
 
 pub mod reference;
 
-#[cfg(feature = "cuda")]
+#[cfg(feature = "launch")]
 mod kernel;
-#[cfg(feature = "cuda")]
+#[cfg(feature = "launch")]
 mod pipelined;
-#[cfg(feature = "cuda")]
+#[cfg(feature = "launch")]
 pub use kernel::{gemm_dx, gemm_dx_into};
 
 #[cfg(test)]

@@ -17,9 +17,9 @@
 
 pub mod reference;
 
-#[cfg(feature = "cuda")]
+#[cfg(feature = "launch")]
 mod kernel;
-#[cfg(feature = "cuda")]
+#[cfg(feature = "launch")]
 pub use kernel::{masked_softmax, masked_softmax_backward, masked_softmax_backward_into, masked_softmax_into};
 pub use reference::Rows;
 

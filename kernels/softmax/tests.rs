@@ -92,17 +92,19 @@ fn masked_softmax_reference_gradient_matches_finite_differences() {
     }
 }
 
-#[cfg(feature = "cuda")]
+#[cfg(feature = "launch")]
 mod device {
     use super::{mask, scores};
     use crate::device::{poisoned, read_f32, upload_bytes, upload_float};
     use crate::softmax::{masked_softmax, masked_softmax_backward_into, masked_softmax_into, reference, Rows};
-    use crate::testutil::{assert_close, cuda, rng, round_bf16, uniform};
+    use crate::testutil::{assert_close, rng, round_bf16, uniform};
     use burn_backend::{BoolStore, DType};
+    use burn_cubecl::CubeRuntime;
+    use cubecl::client::ComputeClient;
     use rand::Rng;
 
     /// f32: the reference's f64 math rounded once, against the device's f32 sums over up to
-    /// 2,048 keys and its `exp` (a few ulps): measured well below this.
+    /// 2,048 keys and its `exp` (a few ulps): measured 1e-7 on lavapipe.
     const SOFTMAX_F32_REL: f64 = 1e-5;
     /// bf16 / f16 storage: the outputs rounded once (half an ulp of bf16 is 2^-9 = 2.0e-3
     /// relative), from inputs the reference sees rounded the same way.
@@ -115,15 +117,22 @@ mod device {
         }
     }
 
-    #[test]
-    fn masked_softmax_kernels_match_reference() {
-        let Some((client, device)) = cuda() else { return };
+    fn round(v: &[f32], dtype: DType) -> Vec<f32> {
+        match dtype {
+            DType::BF16 => round_bf16(v),
+            DType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
+            _ => v.to_vec(),
+        }
+    }
+
+    /// Both kernels against the reference for each `(dtype, mask storage)` in `runs`.
+    fn kernels_match_reference<R: CubeRuntime>(client: &ComputeClient<R>, device: &R::Device, runs: &[(DType, BoolStore)]) {
         let mut r = rng("masked softmax kernels");
         let d = 128f32;
-        // (layout, causal past or random mask): the 7B's 2,048-token plan block (28 heads x
-        // 512 rows would be large: 4 heads here), a 599-token prefill and its 87-row tail
-        // after 512 cached keys (odd keys: scalar loads), per-batch padding masks with fully
-        // hidden rows, one key, and a random odd shape.
+        // (layout, causal past or random mask): a 2,048-token plan block (4 heads; the 7B
+        // has 28), a 599-token prefill and its 87-row tail after 512 cached keys (odd keys:
+        // scalar loads), per-batch padding masks with fully hidden rows, one key, and a
+        // random odd shape.
         let rk = r.random_range(1..300);
         let cases = [
             (Rows { rows: 4 * 512, keys: 2048, n: 512, group: 4 * 512, mask_batches: 1 }, Some(1536)),
@@ -137,28 +146,21 @@ mod device {
             let m = mask(&mut r, layout, past);
             let len = layout.rows * layout.keys;
             let (s, dp) = (scores(&mut r, len), uniform(&mut r, len, 1.0));
-            for (dtype, store, name, bound) in [
-                (DType::F32, BoolStore::U8, "SOFTMAX_F32_REL", SOFTMAX_F32_REL),
-                (DType::BF16, BoolStore::U8, "SOFTMAX_HALF_REL", SOFTMAX_HALF_REL),
-                (DType::F16, BoolStore::U32, "SOFTMAX_HALF_REL", SOFTMAX_HALF_REL),
-            ] {
-                let (sr, dpr) = match dtype {
-                    DType::F32 => (s.clone(), dp.clone()),
-                    DType::BF16 => (round_bf16(&s), round_bf16(&dp)),
-                    _ => (s.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(), dp.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()),
-                };
+            for &(dtype, store) in runs {
+                let (name, bound) = if dtype == DType::F32 { ("SOFTMAX_F32_REL", SOFTMAX_F32_REL) } else { ("SOFTMAX_HALF_REL", SOFTMAX_HALF_REL) };
+                let (sr, dpr) = (round(&s, dtype), round(&dp, dtype));
                 let shape = vec![layout.rows, layout.keys];
-                let (ds_, ddp) = (upload_float(&client, &device, &s, shape.clone(), dtype), upload_float(&client, &device, &dp, shape.clone(), dtype));
-                let dm = upload_bytes(&client, &device, &mask_bytes(&m, store), vec![layout.mask_batches * layout.n, layout.keys], DType::Bool(store));
+                let (ds_, ddp) = (upload_float(client, device, &s, shape.clone(), dtype), upload_float(client, device, &dp, shape.clone(), dtype));
+                let dm = upload_bytes(client, device, &mask_bytes(&m, store), vec![layout.mask_batches * layout.n, layout.keys], DType::Bool(store));
                 let scale = d.powf(-0.5);
                 let what = format!("{dtype:?} mask {store:?} rows {} keys {} n {} mask batches {}", layout.rows, layout.keys, layout.n, layout.mask_batches);
 
-                let p = poisoned(&client, &device, shape.clone(), dtype);
+                let p = poisoned(client, device, shape.clone(), dtype);
                 masked_softmax_into(&ds_, &dm, layout, scale, &p).unwrap();
                 let want = reference::masked_softmax(&sr, &m, layout, scale);
                 assert_close(&format!("masked softmax {what}"), &read_f32(&p), &want, name, bound);
 
-                let (p, ds) = (poisoned(&client, &device, shape.clone(), dtype), poisoned(&client, &device, shape, dtype));
+                let (p, ds) = (poisoned(client, device, shape.clone(), dtype), poisoned(client, device, shape, dtype));
                 masked_softmax_backward_into(&ds_, &ddp, &dm, layout, scale, &p, &ds).unwrap();
                 let (wp, wds) = reference::masked_softmax_backward(&sr, &dpr, &m, layout, scale);
                 assert_close(&format!("masked softmax backward P {what}"), &read_f32(&p), &wp, name, bound);
@@ -167,12 +169,10 @@ mod device {
         }
     }
 
-    #[test]
-    fn masked_softmax_kernels_refuse_bad_operands() {
-        let Some((client, device)) = cuda() else { return };
+    fn kernels_refuse_bad_operands<R: CubeRuntime>(client: &ComputeClient<R>, device: &R::Device, store: BoolStore) {
         let layout = Rows { rows: 8, keys: 4, n: 4, group: 8, mask_batches: 1 };
-        let f = |shape: Vec<usize>, dtype| upload_float(&client, &device, &vec![0.5; shape.iter().product()], shape, dtype);
-        let m = upload_bytes(&client, &device, &[0u8; 16], vec![4, 4], DType::Bool(BoolStore::U8));
+        let f = |shape: Vec<usize>, dtype| upload_float(client, device, &vec![0.5; shape.iter().product()], shape, dtype);
+        let m = upload_bytes(client, device, &mask_bytes(&[false; 16], store), vec![4, 4], DType::Bool(store));
         let s = f(vec![8, 4], DType::F32);
         assert!(masked_softmax(&s, &m, layout, 0.0).is_err(), "scale 0");
         assert!(masked_softmax(&s, &m, layout, f32::NAN).is_err(), "scale NaN");
@@ -183,8 +183,45 @@ mod device {
         let mut transposed = f(vec![4, 8], DType::F32);
         transposed.meta.swap(0, 1);
         assert!(masked_softmax(&transposed, &m, layout, 1.0).is_err(), "not contiguous");
-        let ints = upload_bytes(&client, &device, &[0u8; 32], vec![8, 4], DType::U8);
-        assert!(masked_softmax(&ints, &m, layout, 1.0).is_err(), "u8 scores");
+        let ints = upload_bytes(client, device, &[0u8; 128], vec![8, 4], DType::U32);
+        assert!(masked_softmax(&ints, &m, layout, 1.0).is_err(), "u32 scores");
         assert!(masked_softmax(&s, &m, layout, 1.0).is_ok(), "the valid call");
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn masked_softmax_kernels_match_reference_on_cuda() {
+        let Some((client, device)) = crate::testutil::cuda() else { return };
+        kernels_match_reference(&client, &device, &[(DType::F32, BoolStore::U8), (DType::BF16, BoolStore::U8), (DType::F16, BoolStore::U32)]);
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn masked_softmax_kernels_refuse_bad_operands_on_cuda() {
+        let Some((client, device)) = crate::testutil::cuda() else { return };
+        kernels_refuse_bad_operands(&client, &device, BoolStore::U8);
+    }
+
+    /// WGSL has neither bf16 nor 8-bit storage: f32 and (where the adapter has it) f16 scores,
+    /// u32 masks.
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn masked_softmax_kernels_match_reference_on_wgpu() {
+        use cubecl::prelude::CubePrimitive;
+        let Some((client, device)) = crate::testutil::wgpu() else { return };
+        let mut runs = vec![(DType::F32, BoolStore::U32)];
+        if half::f16::supported_uses(&client).is_empty() {
+            println!("SKIPPED: f16 (this wgpu adapter has no f16 shaders)");
+        } else {
+            runs.push((DType::F16, BoolStore::U32));
+        }
+        kernels_match_reference(&client, &device, &runs);
+    }
+
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn masked_softmax_kernels_refuse_bad_operands_on_wgpu() {
+        let Some((client, device)) = crate::testutil::wgpu() else { return };
+        kernels_refuse_bad_operands(&client, &device, BoolStore::U32);
     }
 }

@@ -8,9 +8,9 @@
 
 pub mod reference;
 
-#[cfg(feature = "cuda")]
+#[cfg(feature = "launch")]
 mod kernel;
-#[cfg(feature = "cuda")]
+#[cfg(feature = "launch")]
 pub use kernel::{swiglu_backward, swiglu_backward_into, swiglu_forward, swiglu_forward_into};
 
 #[cfg(test)]

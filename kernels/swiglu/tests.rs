@@ -72,32 +72,43 @@ fn swiglu_reference_matches_closed_forms_and_limits() {
     assert_eq!(dh.len(), 4000);
 }
 
-#[cfg(feature = "cuda")]
+#[cfg(feature = "launch")]
 mod device {
     use super::inputs;
     use crate::device::{poisoned, read_f32, upload_float};
     use crate::swiglu::{reference, swiglu_backward, swiglu_backward_into, swiglu_forward, swiglu_forward_into};
-    use crate::testutil::{assert_close, cuda, rng, round_bf16};
+    use crate::testutil::{assert_close, rng, round_bf16};
     use burn_backend::DType;
+    use burn_cubecl::CubeRuntime;
+    use cubecl::client::ComputeClient;
     use rand::Rng;
 
     /// f32: the same f32 operations as a correctly rounded f64 computation up to the device's
     /// `exp` (a few ulps) and contractions.
     const SWIGLU_F32_REL: f64 = 1e-5;
-    /// bf16: the output rounded to 8 mantissa bits once (half an ulp is 2^-9 = 2.0e-3
-    /// relative), from inputs the reference sees rounded the same way.
-    const SWIGLU_BF16_REL: f64 = 8e-3;
+    /// bf16 / f16: the output rounded once (half an ulp of bf16 is 2^-9 = 2.0e-3 relative),
+    /// from inputs the reference sees rounded the same way.
+    const SWIGLU_HALF_REL: f64 = 8e-3;
 
-    #[test]
-    fn swiglu_kernels_match_reference() {
-        let Some((client, device)) = cuda() else { return };
+    fn round(v: &[f32], dtype: DType) -> Vec<f32> {
+        match dtype {
+            DType::BF16 => round_bf16(v),
+            DType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
+            _ => v.to_vec(),
+        }
+    }
+
+    /// `big`: the largest length (the 7B MLP's on CUDA; lavapipe's buffers hold at most 128 MiB).
+    fn kernels_match_reference<R: CubeRuntime>(client: &ComputeClient<R>, device: &R::Device, dtypes: &[DType], big: usize) {
+        let (client, device) = (client.clone(), device.clone());
         let mut r = rng("swiglu kernels");
-        // The Qwen2.5-7B MLP at 2,048 tokens, a prime, fewer elements than one vector, and a
+        // `big`, a prime, fewer elements than one vector, and a
         // random length (mostly not a multiple of 8: narrower vectors).
-        for n in [2048 * 18944, 1_000_003, 7, r.random_range(8..100_000)] {
+        for n in [big, 1_000_003, 7, r.random_range(8..100_000)] {
             let (g, u, dh) = inputs(&mut r, n);
-            for (dtype, name, bound) in [(DType::F32, "SWIGLU_F32_REL", SWIGLU_F32_REL), (DType::BF16, "SWIGLU_BF16_REL", SWIGLU_BF16_REL)] {
-                let (gr, ur, dhr) = if dtype == DType::BF16 { (round_bf16(&g), round_bf16(&u), round_bf16(&dh)) } else { (g.clone(), u.clone(), dh.clone()) };
+            for &dtype in dtypes {
+                let (name, bound) = if dtype == DType::F32 { ("SWIGLU_F32_REL", SWIGLU_F32_REL) } else { ("SWIGLU_HALF_REL", SWIGLU_HALF_REL) };
+                let (gr, ur, dhr) = (round(&g, dtype), round(&u, dtype), round(&dh, dtype));
                 let up = |v: &[f32]| upload_float(&client, &device, v, vec![n], dtype);
                 let (dg_, du_, ddh) = (up(&g), up(&u), up(&dh));
                 let y = poisoned(&client, &device, vec![n], dtype);
@@ -115,9 +126,8 @@ mod device {
     }
 
     /// A 2-d shape and the allocating entry points (what the model calls).
-    #[test]
-    fn swiglu_allocating_kernels_on_a_matrix() {
-        let Some((client, device)) = cuda() else { return };
+    fn allocating_kernels_on_a_matrix<R: CubeRuntime>(client: &ComputeClient<R>, device: &R::Device) {
+        let (client, device) = (client.clone(), device.clone());
         let mut r = rng("swiglu matrix");
         let (rows, cols) = (37, 1003);
         let (g, u, dh) = inputs(&mut r, rows * cols);
@@ -130,9 +140,8 @@ mod device {
         assert_close("swiglu d up [37, 1003]", &read_f32(&du), &ru, "SWIGLU_F32_REL", SWIGLU_F32_REL);
     }
 
-    #[test]
-    fn swiglu_kernels_refuse_mismatched_operands() {
-        let Some((client, device)) = cuda() else { return };
+    fn kernels_refuse_mismatched_operands<R: CubeRuntime>(client: &ComputeClient<R>, device: &R::Device) {
+        let (client, device) = (client.clone(), device.clone());
         let t = |shape: Vec<usize>, dtype| upload_float(&client, &device, &vec![0.5; shape.iter().product()], shape, dtype);
         let a = t(vec![4, 8], DType::F32);
         assert!(swiglu_forward(&a, &t(vec![8, 4], DType::F32)).is_err(), "shapes differ");
@@ -144,5 +153,31 @@ mod device {
         assert!(swiglu_forward(&transposed, &transposed).is_err(), "not contiguous");
         let ints = crate::device::upload_bytes(&client, &device, &[0u8; 32], vec![4, 8], DType::U8);
         assert!(swiglu_forward(&ints, &ints).is_err(), "u8");
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn swiglu_kernels_on_cuda() {
+        let Some((client, device)) = crate::testutil::cuda() else { return };
+        kernels_match_reference(&client, &device, &[DType::F32, DType::BF16], 2048 * 18944);
+        allocating_kernels_on_a_matrix(&client, &device);
+        kernels_refuse_mismatched_operands(&client, &device);
+    }
+
+    /// WGSL has no bf16: f32 and (where the adapter has it) f16.
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn swiglu_kernels_on_wgpu() {
+        use cubecl::prelude::CubePrimitive;
+        let Some((client, device)) = crate::testutil::wgpu() else { return };
+        let mut dtypes = vec![DType::F32];
+        if half::f16::supported_uses(&client).is_empty() {
+            println!("SKIPPED: f16 (this wgpu adapter has no f16 shaders)");
+        } else {
+            dtypes.push(DType::F16);
+        }
+        kernels_match_reference(&client, &device, &dtypes, 2048 * 3584);
+        allocating_kernels_on_a_matrix(&client, &device);
+        kernels_refuse_mismatched_operands(&client, &device);
     }
 }
