@@ -1,6 +1,6 @@
 //! Settings of the GPU kernel runtime (cubecl) that the CLI fixes once, before any GPU work:
-//! where compiled kernels and autotune results are kept between runs, and how hard autotune
-//! searches.
+//! where compiled kernels and autotune results are kept between runs, how hard autotune
+//! searches, and how NF4 products run.
 //!
 //! Without a cache every process compiles each kernel with NVRTC and autotunes each new matmul
 //! shape again: on the H200 the first training step of a 0.5B model took 406 s that way. The
@@ -35,6 +35,8 @@ pub struct GpuRuntimeSettings {
     /// File receiving the memory pools' log: each new pool buffer, with every pool's buffers
     /// by size (cubecl's memory logger at its basic level); `None` logs nothing.
     pub memory_log: Option<PathBuf>,
+    /// How 16-bit NF4 products of more than a few rows run.
+    pub nf4_product: crate::model::nf4_weight::ops::Nf4Product,
 }
 
 impl GpuRuntimeSettings {
@@ -65,6 +67,7 @@ pub enum GpuRuntimeError {
 /// Applies `settings` to the GPU runtime. Call once, before the first GPU operation (cubecl
 /// reads its configuration once per process). Builds without the `cuda` feature do nothing.
 pub fn configure(settings: &GpuRuntimeSettings) -> Result<(), GpuRuntimeError> {
+    crate::model::nf4_weight::ops::set_nf4_product(settings.nf4_product);
     #[cfg(feature = "cuda")]
     apply_cubecl(settings)?;
     #[cfg(not(feature = "cuda"))]

@@ -138,3 +138,46 @@ fn nf4_model_equals_dense_model_with_dequantized_weights() {
     }
     on_every_backend!(run);
 }
+
+/// The two ways CUDA runs 16-bit NF4 products (`--nf4-product`: the fused kernels, or a
+/// transient dequantized weight and Burn's autotuned matmul) agree with an f64 reference on the
+/// host, forward `x W^T` and backward `dY W`, in bf16 at a prefill/training shape (300 rows:
+/// past the GEMV's few, not a multiple of the tiles). Fresh random inputs each run.
+#[test]
+fn nf4_product_strategies_match_the_reference() {
+    #[cfg(not(feature = "cuda"))]
+    println!("SKIPPED: the NF4 product strategies are the CUDA backend's (a `--features cuda` build and a GPU)");
+    #[cfg(feature = "cuda")]
+    {
+        use burn::tensor::{Tensor, TensorData};
+        use medqlora::model::nf4_weight::ops::{set_nf4_product, Nf4Backend, Nf4Product};
+        type G = burn::backend::Cuda<half::bf16>;
+        common::gpu_runtime_once();
+        let dev = burn::backend::cuda::CudaDevice::new(0);
+        let seed: u64 = rand::rng().random();
+        println!("seed {seed}");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let (m, n, k) = (300, 512, 384);
+        let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-0.05f32..0.05)).collect();
+        let q = nf4::quantize(&w, &[n, k], 64, true).unwrap();
+        let bf = |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect() };
+        let dense = bf(&q.dequantize());
+        let x = bf(&(0..m * k).map(|_| rng.random_range(-1f32..1.0)).collect::<Vec<_>>());
+        let dy = bf(&(0..m * n).map(|_| rng.random_range(-1f32..1.0)).collect::<Vec<_>>());
+        let want_y: Vec<f32> = (0..m * n).map(|e| (0..k).map(|j| x[e / n * k + j] as f64 * dense[e % n * k + j] as f64).sum::<f64>() as f32).collect();
+        let want_dx: Vec<f32> = (0..m * k).map(|e| (0..n).map(|i| dy[e / k * n + i] as f64 * dense[i * k + e % k] as f64).sum::<f64>() as f32).collect();
+        let weight = Nf4Weight::<G>::from_host(&q, &dev);
+        for product in [Nf4Product::Fused, Nf4Product::Dequantize] {
+            set_nf4_product(product);
+            let y = weight.matmul_t(Tensor::<G, 2>::from_data(TensorData::new(x.clone(), [m, k]), &dev));
+            let g = Tensor::<G, 2>::from_data(TensorData::new(dy.clone(), [m, n]), &dev).into_primitive().tensor();
+            let dx: Tensor<G, 2> = Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(G::nf4_matmul_dx(g, weight.prims())));
+            for (what, got, want) in [("x W^T", common::values(&y.into_data()), &want_y), ("dY W", common::values(&dx.into_data()), &want_dx)] {
+                let e = common::rel_l2(&got, want);
+                println!("{product:?}: {what} relative L2 {e:.2e} (bound 8e-3: bf16 outputs)");
+                assert!(e <= 8e-3, "{product:?}: {what}: relative L2 {e:e} (seed {seed})");
+            }
+        }
+        set_nf4_product(Nf4Product::default());
+    }
+}

@@ -44,6 +44,11 @@ pub struct GpuRuntimeArgs {
     /// by size (to see where reserved memory goes).
     #[arg(long, global = true, value_name = "FILE")]
     pub memory_log: Option<PathBuf>,
+    /// How CUDA runs 16-bit NF4 products (prefill, training): fused kernels, or a transient
+    /// dequantized weight and Burn's autotuned matmul (bitsandbytes' way; ~136 MB more memory
+    /// at the 7B's largest weight).
+    #[arg(long, global = true, value_enum, default_value = "fused")]
+    pub nf4_product: crate::model::nf4_weight::ops::Nf4Product,
 }
 
 impl GpuRuntimeArgs {
@@ -54,7 +59,7 @@ impl GpuRuntimeArgs {
             (Some(dir), false) => Some(dir.clone()),
             (None, false) => crate::gpu_runtime::GpuRuntimeSettings::default_cache_dir(),
         };
-        crate::gpu_runtime::GpuRuntimeSettings { cache_dir, autotune: self.autotune, memory_log: self.memory_log.clone() }
+        crate::gpu_runtime::GpuRuntimeSettings { cache_dir, autotune: self.autotune, memory_log: self.memory_log.clone(), nf4_product: self.nf4_product }
     }
 }
 

@@ -1,8 +1,9 @@
 //! `Y = X W^T` for a frozen NF4 weight as a backend extension: [`Nf4Backend`].
 //!
 //! - CUDA (`CubeBackend`, feature `cuda`): the `medqlora-kernels` kernels — GEMV for decode
-//!   (`M <= 8`), the fused tensor-core GEMM in bf16/f16, dequantize-then-matmul in f32; the
-//!   backward product `dX = dY W` fused likewise. No dense weight outlives the call.
+//!   (`M <= 8`), the fused tensor-core GEMM in bf16/f16 (or, by [`Nf4Product`], a transient
+//!   dequantized weight and Burn's matmul), dequantize-then-matmul in f32; the backward
+//!   product `dX = dY W` likewise. No dense weight outlives the call.
 //! - `Autodiff<B>`: forward on `B`, and a backward step that returns the input gradient only.
 //!   Its saved state is the packed weight (shared handles), not a dequantized copy, so
 //!   training keeps no dense weight alive between forward and backward.
@@ -53,6 +54,37 @@ pub struct Nf4Prims<B: Backend> {
     pub k: usize,
     /// Elements per block.
     pub blocksize: usize,
+}
+
+/// How the CUDA backend runs 16-bit NF4 products of more than [`medqlora_kernels::gemv::MAX_M`]
+/// rows (prefill and training; decode always takes the GEMV kernel). Chosen once per process
+/// at the CLI edge (`--nf4-product`), read by every product after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Nf4Product {
+    /// The fused kernels: tiles of `W` decoded into shared memory feed tensor-core products;
+    /// no dense weight exists in global memory.
+    #[default]
+    Fused,
+    /// bitsandbytes' way: the NF4 dequantization kernel writes a transient dense weight
+    /// (the largest 7B one, 136 MB in bf16), then Burn's autotuned matmul; the weight is
+    /// freed after the product (and dequantized again for the backward's `dY W`).
+    Dequantize,
+}
+
+static NF4_PRODUCT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Sets how the CUDA backend runs NF4 products from now on (see [`Nf4Product`]).
+pub fn set_nf4_product(product: Nf4Product) {
+    NF4_PRODUCT.store(product as u8, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The strategy [`set_nf4_product`] chose (the default: fused).
+pub fn nf4_product() -> Nf4Product {
+    match NF4_PRODUCT.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => Nf4Product::Dequantize,
+        _ => Nf4Product::Fused,
+    }
 }
 
 /// Backends with an NF4 linear product.
@@ -141,7 +173,7 @@ impl<B: Nf4Backend, C: CheckpointStrategy> Nf4Backend for Autodiff<B, C> {
 
 #[cfg(feature = "cuda")]
 mod cube {
-    use super::{reference_matmul_dx, reference_matmul_t, Nf4Backend, Nf4Prims, ScalesPrim};
+    use super::{nf4_product, reference_matmul_dx, reference_matmul_t, Nf4Backend, Nf4Prims, Nf4Product, ScalesPrim};
     use burn::tensor::ops::FloatTensor;
     use burn::tensor::DType;
     use medqlora_kernels::burn_cubecl::kernel::into_contiguous;
@@ -165,12 +197,14 @@ mod cube {
             let dev = device(&w);
             let x = into_contiguous(x);
             let m = x.meta.shape()[0];
+            let half = matches!(x.dtype, DType::BF16 | DType::F16);
             let fast = if m <= gemv::MAX_M {
                 gemv::gemv(&x, &dev)
-            } else if matches!(x.dtype, DType::BF16 | DType::F16) {
+            } else if half && nf4_product() == Nf4Product::Fused {
                 gemm::gemm(&x, &dev)
             } else {
-                // f32: tensor cores need 16-bit operands here; dequantize, then Burn's matmul.
+                // f32 (the fused kernels' tensor cores take 16-bit operands) or by choice:
+                // dequantize, then Burn's matmul (autotuned).
                 dequant::dequantize(&dev, x.dtype).map(|mut dense| {
                     dense.meta.swap(0, 1);
                     matmul(x.clone(), dense, None, MatmulStrategy::default(), x.dtype).expect("matmul")
@@ -183,7 +217,7 @@ mod cube {
         fn nf4_matmul_dx(dy: FloatTensor<Self>, w: Nf4Prims<Self>) -> FloatTensor<Self> {
             let dev = device(&w);
             let dy = into_contiguous(dy);
-            let fast = if matches!(dy.dtype, DType::BF16 | DType::F16) {
+            let fast = if matches!(dy.dtype, DType::BF16 | DType::F16) && nf4_product() == Nf4Product::Fused {
                 gemm_dx::gemm_dx(&dy, &dev)
             } else {
                 dequant::dequantize(&dev, dy.dtype).map(|dense| matmul(dy.clone(), dense, None, MatmulStrategy::default(), dy.dtype).expect("matmul"))
