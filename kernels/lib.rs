@@ -17,7 +17,8 @@
 //! - [`gemm_dx`]: the backward product `dX[M, K] = dY[M, N] W` of the frozen weight;
 //! - [`adamw8`]: the 8-bit blockwise AdamW step (bitsandbytes' `AdamW8bit`) for the adapters;
 //! - [`swiglu`]: the MLP activation `silu(gate) * up` and its two gradients, one pass each;
-//! - [`softmax`]: attention's masked softmax and its gradient, one cube per score row.
+//! - [`softmax`]: attention's masked softmax and its gradient, one cube per score row;
+//! - [`rmsnorm`]: RMSNorm and its input gradient, one cube per row.
 
 pub mod adamw8;
 pub mod dequant;
@@ -25,6 +26,7 @@ pub mod gemm;
 pub mod gemm_dx;
 pub mod gemv;
 pub mod nf4;
+pub mod rmsnorm;
 pub mod softmax;
 pub mod swiglu;
 pub mod testutil;

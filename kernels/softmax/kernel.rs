@@ -1,59 +1,20 @@
 //! The masked-softmax kernels: one cube of [`THREADS`] threads per score row. Each thread
 //! strides over the row in vectors (16 bytes when the keys and the handles' offsets allow),
-//! the row's max, sum and `rowsum(P dP)` are reduced through shared memory (a tree, so any
-//! plane width works), and every pass after the first reads the row from cache: a 2,048-key
+//! the row's max, sum and `rowsum(P dP)` are reduced through shared memory
+//! ([`crate::device::cube_sum`]), and every pass after the first reads the row from cache: a 2,048-key
 //! bf16 row is 4 KB. The max is taken over the raw scores and the scale applied inside the
 //! exponential, which needs `scale > 0` (attention's `head_dim^-0.5`; checked).
 
 use super::reference::Rows;
-use crate::device::{empty, numel, with_float, KernelError};
+use crate::device::{cube_max, cube_sum, empty, numel, with_float, KernelError, ROW_THREADS};
 use burn_backend::{BoolStore, DType};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::*;
 
-/// Threads per row: `2^LOG2_THREADS` (the reductions halve it).
-const THREADS: usize = 1 << LOG2_THREADS;
-const LOG2_THREADS: usize = 7;
-
-/// Max of every thread's `x`, returned to every thread; `red` is free again on return.
-#[cube]
-fn cube_max(red: &mut SharedMemory<f32>, x: f32) -> f32 {
-    let tid = UNIT_POS as usize;
-    red[tid] = x;
-    sync_cube();
-    #[unroll]
-    for step in 0..LOG2_THREADS {
-        let active = THREADS >> (step + 1);
-        if tid < active {
-            red[tid] = max(red[tid], red[tid + active]);
-        }
-        sync_cube();
-    }
-    let out = red[0];
-    sync_cube();
-    out
-}
-
-/// Sum of every thread's `x`, returned to every thread; `red` is free again on return.
-#[cube]
-fn cube_sum(red: &mut SharedMemory<f32>, x: f32) -> f32 {
-    let tid = UNIT_POS as usize;
-    red[tid] = x;
-    sync_cube();
-    #[unroll]
-    for step in 0..LOG2_THREADS {
-        let active = THREADS >> (step + 1);
-        if tid < active {
-            red[tid] += red[tid + active];
-        }
-        sync_cube();
-    }
-    let out = red[0];
-    sync_cube();
-    out
-}
+/// Threads per row.
+const THREADS: usize = ROW_THREADS;
 
 /// Max of the row's visible raw scores (`f32::MIN` when none is visible).
 #[cube]
