@@ -5,7 +5,8 @@
 //! the CUDA prefill goes wrong. Lengths cover one block (87, 512), a 512-row block plus a tail
 //! (599, 1,001), and the three equal blocks (600, 1,024). Fresh random inputs each run. On
 //! CUDA the blocks' softmax and its gradient are the fused kernels (`model::softmax`), so these
-//! tests also check them in the model's layout against the CPU's tensor ops.
+//! tests also check them in the model's layout against the CPU's tensor ops. The last test
+//! follows the tiny model's prefill layer by layer at the same lengths.
 
 mod common;
 
@@ -73,6 +74,43 @@ fn blocked_attention_gradients_equal_eager_gradients_on_the_cpu() {
                 println!("{}: length {s}: {name} relative L2 {e:.2e} (bound {bound:.0e})", t.name);
                 assert!(e.is_finite() && e <= bound, "{}: length {s}: {name} relative L2 {e:e} > {bound:e} (seed {seed})", t.name);
             }
+        }
+    }
+    on_every_backend!(run);
+}
+
+/// The tiny fixture model's prefill (`forward_cached` on an empty cache, what the batched
+/// decoder runs) against the CPU's full forward at the batch-decoder test's prompt lengths:
+/// every layer's hidden state, then the last position's logits. Prints each layer's error, so
+/// a failure shows the first layer that goes wrong. On the CPU this checks the cached path
+/// against the uncached one.
+#[test]
+fn prefill_layers_equal_the_cpu_forward() {
+    use burn::tensor::Int;
+    use medqlora::model::{Qwen2ForCausalLM, TextConfig, WeightStore};
+    fn run<B: Backend>(t: common::Target<B>) {
+        type C = medqlora::backend::CpuBackend;
+        let dir = common::fixture("qwen2_tiny");
+        let config = TextConfig::from_dir(&dir).unwrap();
+        let store = WeightStore::open(&dir).unwrap();
+        let cpu = Qwen2ForCausalLM::<C>::load(&config, &store, &Default::default()).unwrap();
+        let model = Qwen2ForCausalLM::<B>::load(&config, &store, &t.device).unwrap();
+        for (r, s) in [17usize, 599, 600].into_iter().enumerate() {
+            let ids: Vec<i64> = (0..s).map(|i| ((i * 37 + r * 101 + 5) % 512) as i64).collect();
+            let want = cpu.forward(Tensor::<C, 2, Int>::from_data(TensorData::new(ids.clone(), [1, s]), &Default::default()), true);
+            let got = model.forward(Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [1, s]), &t.device), true);
+            for (layer, (g, w)) in got.hidden_states.iter().zip(&want.hidden_states).enumerate() {
+                let e = common::rel_l2(&common::values(&g.clone().into_data()), &common::values(&w.clone().into_data()));
+                println!("{}: length {s}: hidden state {layer}: relative L2 {e:.2e}", t.name);
+            }
+            let mut cache = model.new_cache();
+            let last = model.forward_cached(Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, s]), &t.device), &mut cache);
+            let v = config.vocab_size;
+            let want_last: Vec<f32> = common::values(&want.logits.into_data())[(s - 1) * v..].to_vec();
+            let e = common::rel_l2(&common::values(&last.into_data()), &want_last);
+            let bound = if t.name == "cpu" { 1e-5 } else { 1e-2 };
+            println!("{}: length {s}: prefill's last logits relative L2 {e:.2e} (bound {bound:.0e})", t.name);
+            assert!(e.is_finite() && e <= bound, "{}: length {s}: prefill logits relative L2 {e:e} > {bound:e}", t.name);
         }
     }
     on_every_backend!(run);
