@@ -189,10 +189,11 @@ pub(crate) const ROW_LOG2: usize = 7;
 /// Threads of a cube that owns one row (the softmax and RMSNorm kernels).
 pub(crate) const ROW_THREADS: usize = 1 << ROW_LOG2;
 
-/// Max of every thread's `x` over a cube of [`ROW_THREADS`], returned to every thread, by a
-/// tree through `red` (`ROW_THREADS` floats; free again on return), so any plane width works.
+/// Max (`max`) or sum of every thread's `x` over a cube of [`ROW_THREADS`], returned to every
+/// thread, by a tree through `red` (`ROW_THREADS` floats; free again on return), so any plane
+/// width works.
 #[cube]
-pub(crate) fn cube_max(red: &mut SharedMemory<f32>, x: f32) -> f32 {
+fn cube_reduce(red: &mut SharedMemory<f32>, x: f32, #[comptime] max_not_sum: bool) -> f32 {
     let tid = UNIT_POS as usize;
     red[tid] = x;
     sync_cube();
@@ -200,7 +201,11 @@ pub(crate) fn cube_max(red: &mut SharedMemory<f32>, x: f32) -> f32 {
     for step in 0..ROW_LOG2 {
         let active = ROW_THREADS >> (step + 1);
         if tid < active {
-            red[tid] = max(red[tid], red[tid + active]);
+            if comptime![max_not_sum] {
+                red[tid] = max(red[tid], red[tid + active]);
+            } else {
+                red[tid] += red[tid + active];
+            }
         }
         sync_cube();
     }
@@ -209,23 +214,16 @@ pub(crate) fn cube_max(red: &mut SharedMemory<f32>, x: f32) -> f32 {
     out
 }
 
-/// Sum of every thread's `x` over a cube of [`ROW_THREADS`], like [`cube_max`].
+/// Max of every thread's `x` over the cube ([`cube_reduce`]).
+#[cube]
+pub(crate) fn cube_max(red: &mut SharedMemory<f32>, x: f32) -> f32 {
+    cube_reduce(red, x, true)
+}
+
+/// Sum of every thread's `x` over the cube ([`cube_reduce`]).
 #[cube]
 pub(crate) fn cube_sum(red: &mut SharedMemory<f32>, x: f32) -> f32 {
-    let tid = UNIT_POS as usize;
-    red[tid] = x;
-    sync_cube();
-    #[unroll]
-    for step in 0..ROW_LOG2 {
-        let active = ROW_THREADS >> (step + 1);
-        if tid < active {
-            red[tid] += red[tid + active];
-        }
-        sync_cube();
-    }
-    let out = red[0];
-    sync_cube();
-    out
+    cube_reduce(red, x, false)
 }
 
 /// Runs `$launch` with the type alias `$f` naming the element type of `$dtype` (f32, bf16 or

@@ -96,6 +96,20 @@ pub fn wgpu() -> Option<(cubecl::client::ComputeClient<cubecl::wgpu::WgpuRuntime
     }
 }
 
+/// The float dtypes a wgpu adapter runs kernels in: f32, and f16 where it has f16 shaders
+/// (WGSL has no bf16); prints when f16 is skipped.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_float_dtypes(client: &cubecl::client::ComputeClient<cubecl::wgpu::WgpuRuntime>) -> Vec<burn_backend::DType> {
+    use cubecl::prelude::CubePrimitive;
+    let mut dtypes = vec![burn_backend::DType::F32];
+    if half::f16::supported_uses(client).is_empty() {
+        println!("SKIPPED: f16 (this wgpu adapter has no f16 shaders)");
+    } else {
+        dtypes.push(burn_backend::DType::F16);
+    }
+    dtypes
+}
+
 /// The CUDA client for device tests, or `None` after printing `SKIPPED: no CUDA device`.
 #[cfg(feature = "cuda")]
 pub fn cuda() -> Option<(cubecl::client::ComputeClient<cubecl::cuda::CudaRuntime>, cubecl::cuda::CudaDevice)> {

@@ -133,14 +133,8 @@ mod device {
     #[cfg(feature = "wgpu")]
     #[test]
     fn rmsnorm_kernels_on_wgpu() {
-        use cubecl::prelude::CubePrimitive;
         let Some((client, device)) = crate::testutil::wgpu() else { return };
-        let mut dtypes = vec![DType::F32];
-        if half::f16::supported_uses(&client).is_empty() {
-            println!("SKIPPED: f16 (this wgpu adapter has no f16 shaders)");
-        } else {
-            dtypes.push(DType::F16);
-        }
+        let dtypes = crate::testutil::wgpu_float_dtypes(&client);
         kernels_match_reference(&client, &device, &dtypes, 300);
         kernels_refuse_bad_operands(&client, &device);
     }

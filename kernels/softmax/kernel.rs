@@ -16,6 +16,12 @@ use cubecl::prelude::*;
 /// Threads per row.
 const THREADS: usize = ROW_THREADS;
 
+/// The mask row score row `row` reads (see the module docs).
+#[cube]
+fn mask_base(row: usize, n: usize, group: usize, mask_batches: usize) -> usize {
+    ((row / group) % mask_batches) * n + row % n
+}
+
 /// Max of the row's visible raw scores (`f32::MIN` when none is visible).
 #[cube]
 fn row_max<F: Float, M: Int, N: Size>(s: &Array<Vector<F, N>>, mask: &Array<Vector<M, N>>, sb: usize, mb: usize, vectors: usize, red: &mut SharedMemory<f32>) -> f32 {
@@ -94,7 +100,7 @@ fn masked_softmax_kernel<F: Float, M: Int, N: Size>(
     if row < rows {
         let mut red = SharedMemory::<f32>::new(THREADS);
         let sb = row * vectors;
-        let mb = (((row / group) % mask_batches) * n + row % n) * vectors;
+        let mb = mask_base(row, n, group, mask_batches) * vectors;
         let mx = row_max(s, mask, sb, mb, vectors, &mut red);
         let inv = row_inv_sum(s, mask, sb, mb, vectors, mx, scale, &mut red);
         let mut v = UNIT_POS as usize;
@@ -124,7 +130,7 @@ fn masked_softmax_backward_kernel<F: Float, M: Int, N: Size>(
     if row < rows {
         let mut red = SharedMemory::<f32>::new(THREADS);
         let sb = row * vectors;
-        let mb = (((row / group) % mask_batches) * n + row % n) * vectors;
+        let mb = mask_base(row, n, group, mask_batches) * vectors;
         let mx = row_max(s, mask, sb, mb, vectors, &mut red);
         let inv = row_inv_sum(s, mask, sb, mb, vectors, mx, scale, &mut red);
         // P is written (rounded to the storage dtype, as the tensor-op path casts it for

@@ -207,14 +207,8 @@ mod device {
     #[cfg(feature = "wgpu")]
     #[test]
     fn masked_softmax_kernels_match_reference_on_wgpu() {
-        use cubecl::prelude::CubePrimitive;
         let Some((client, device)) = crate::testutil::wgpu() else { return };
-        let mut runs = vec![(DType::F32, BoolStore::U32)];
-        if half::f16::supported_uses(&client).is_empty() {
-            println!("SKIPPED: f16 (this wgpu adapter has no f16 shaders)");
-        } else {
-            runs.push((DType::F16, BoolStore::U32));
-        }
+        let runs: Vec<_> = crate::testutil::wgpu_float_dtypes(&client).into_iter().map(|d| (d, BoolStore::U32)).collect();
         kernels_match_reference(&client, &device, &runs);
     }
 
