@@ -1,8 +1,8 @@
 //! The masked-softmax kernels: one cube of [`THREADS`] threads per score row. Each thread
 //! strides over the row in vectors (16 bytes when the keys and the handles' offsets allow),
 //! the row's max, sum and `rowsum(P dP)` are reduced through shared memory
-//! ([`crate::device::cube_sum`]), and every pass after the first reads the row from cache: a 2,048-key
-//! bf16 row is 4 KB. The max is taken over the raw scores and the scale applied inside the
+//! ([`crate::device::cube_sum`]), and every pass after the first reads the row from cache: a
+//! 2,048-key bf16 row is 4 KB. The max is taken over the raw scores and the scale applied inside the
 //! exponential, which needs `scale > 0` (attention's `head_dim^-0.5`; checked).
 
 use super::reference::Rows;
@@ -16,7 +16,7 @@ use cubecl::prelude::*;
 /// Threads per row.
 const THREADS: usize = ROW_THREADS;
 
-/// The mask row score row `row` reads (see the module docs).
+/// The mask row that score row `row` reads (see the module docs).
 #[cube]
 fn mask_base(row: usize, n: usize, group: usize, mask_batches: usize) -> usize {
     ((row / group) % mask_batches) * n + row % n
