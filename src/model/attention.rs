@@ -14,8 +14,8 @@
 use super::kv_cache::KvCache;
 use super::linear::Linear;
 use super::rope::apply_rotary;
-use burn::module::Module;
 use super::softmax::masked_softmax;
+use burn::module::Module;
 use burn::tensor::{backend::Backend, Bool, Tensor};
 
 /// Self-attention with q/k/v bias and no o_proj bias, as in Qwen2.
