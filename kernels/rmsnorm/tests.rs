@@ -19,8 +19,8 @@ fn inputs(rng: &mut StdRng, rows: usize, hidden: usize) -> (Vec<f32>, Vec<f32>, 
     (x, w, uniform(rng, rows * hidden, 1.0))
 }
 
-/// Central differences of the f32 reference (step 1e-3 relative): output rounding over the step
-/// plus the O(h^2) truncation.
+/// Central differences of the f32 reference (steps of 1e-3 of the row's RMS): the outputs'
+/// f32 rounding over the step (~6e-5) plus the O(h^2) truncation.
 const RMSNORM_FD_REL: f64 = 1e-3;
 const EPS: f64 = 1e-6;
 
@@ -31,10 +31,13 @@ fn rmsnorm_reference_gradient_matches_finite_differences() {
     let (x, w, dy) = inputs(&mut r, rows, hidden);
     let dx = rmsnorm_backward(&x, &w, &dy, EPS);
     let loss = |x: &[f32]| -> f64 { rmsnorm_forward(x, &w, EPS, |v| v).iter().zip(&dy).map(|(&y, &g)| y as f64 * g as f64).sum() };
+    // Steps of 1e-3 of the row's RMS (the scale the norm divides by): a step relative to the
+    // element itself is tiny for small elements, and the f32 outputs' rounding over it is not.
+    let rms: Vec<f32> = x.chunks(hidden).map(|r| (r.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / hidden as f64).sqrt() as f32).collect();
     let fd: Vec<f32> = (0..x.len())
         .map(|i| {
             let (mut plus, mut minus) = (x.clone(), x.clone());
-            let h = 1e-3 * x[i].abs().max(1e-3);
+            let h = 1e-3 * rms[i / hidden];
             plus[i] += h;
             minus[i] -= h;
             ((loss(&plus) - loss(&minus)) / (plus[i] as f64 - minus[i] as f64)) as f32
