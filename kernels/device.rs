@@ -1,7 +1,7 @@
 //! The NF4 weight on the device as the kernels take it (Burn's `CubeTensor`s, so the model's
 //! tensors are passed without copies), the checks every launch makes, and the `#[cube]`
-//! helpers the kernels share: block-scale decoding (double quantization decoded on the fly)
-//! and nibble extraction.
+//! helpers the kernels share: block-scale decoding (double quantization decoded on the fly),
+//! nibble extraction, and the row kernels' reductions over a cube.
 
 use crate::nf4::{Nf4Host, ScalesHost, LUT_LEN};
 use burn_backend::{DType, Shape};
