@@ -203,12 +203,6 @@ mod tests {
     type Cpu = NdArray<f32>;
     type A = Autodiff<Cpu>;
 
-    fn rel(x: &Tensor<Cpu, 2>, y: &Tensor<Cpu, 2>) -> f32 {
-        let num: f32 = (x.clone() - y.clone()).powi_scalar(2).sum().into_scalar();
-        let den: f32 = y.clone().powi_scalar(2).sum().into_scalar();
-        (num / den).sqrt()
-    }
-
     /// The operation's output and its gradients for `x`, `A` and `B` equal Burn's autodiff
     /// through the plain ops (inverted dropout, two products, scaling), with the reductions cut
     /// (`min_slice` 16: `in` 128 in 8 slices, `out` 96 in 2, 64 rows in 4) and uncut, with and
@@ -250,7 +244,7 @@ mod tests {
             for min_slice in [0, 16] {
                 let got = run(Some(min_slice), drop.clone());
                 for (what, g, w) in ["y", "dx", "dA", "dB"].iter().zip(&got).zip(&want).map(|((a, b), c)| (a, b, c)) {
-                    let e = rel(g, w);
+                    let e = crate::model::autodiff_op::rel_l2(g, w);
                     assert!(e < 1e-5, "{what} (min_slice {min_slice}, dropout {}): relative L2 {e:e}", drop.is_some());
                 }
             }
@@ -267,6 +261,6 @@ mod tests {
         let b = Tensor::<Cpu, 2>::random([7, 4], Distribution::Normal(0.0, 1.0), &dev);
         let y = lora_branch(x.clone(), None, a.clone(), b.clone(), 2.0, 0.0);
         let want = x.matmul(a.transpose()).matmul(b.transpose()).mul_scalar(2.0);
-        assert!(rel(&y, &want) < 1e-6);
+        assert!(crate::model::autodiff_op::rel_l2(&y, &want) < 1e-6);
     }
 }

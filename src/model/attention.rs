@@ -151,12 +151,6 @@ mod tests {
 
     type A = Autodiff<NdArray<f32>>;
 
-    fn rel(a: &Tensor<NdArray<f32>, 5>, b: &Tensor<NdArray<f32>, 5>) -> f32 {
-        let diff: f32 = (a.clone() - b.clone()).powi_scalar(2).sum().into_scalar();
-        let norm: f32 = b.clone().powi_scalar(2).sum().into_scalar();
-        (diff / norm).sqrt()
-    }
-
     /// Blocked attention equals one block over the whole sequence, and the single autodiff
     /// operation (`attend_causal` under autodiff, which recomputes the probabilities in its
     /// backward) equals autodiff through the tensor ops: outputs and the gradients of q, k, v,
@@ -196,7 +190,7 @@ mod tests {
                 for one_op in [false, true] {
                     let blocked = run(block, one_op);
                     for (what, x, y) in [("out", &blocked.0, &whole.0), ("dq", &blocked.1, &whole.1), ("dk", &blocked.2, &whole.2), ("dv", &blocked.3, &whole.3)] {
-                        let e = rel(x, y);
+                        let e = crate::model::autodiff_op::rel_l2(x, y);
                         assert!(e < 1e-5, "seen {seen}, block {block}, one op {one_op}: {what} differs by {e:e} (relative L2)");
                     }
                 }

@@ -58,3 +58,12 @@ pub(crate) fn on_training_backend<O: TrainingOp>(op: &O, args: O::Args) -> Resul
     };
     Err(args)
 }
+
+/// `||got - want|| / ||want||` of two CPU tensors (the operations' tests compare each with
+/// autodiff through the plain ops).
+#[cfg(test)]
+pub(crate) fn rel_l2<const D: usize>(got: &Tensor<burn::backend::NdArray<f32>, D>, want: &Tensor<burn::backend::NdArray<f32>, D>) -> f32 {
+    let num: f32 = (got.clone() - want.clone()).powi_scalar(2).sum().into_scalar();
+    let den: f32 = want.clone().powi_scalar(2).sum().into_scalar();
+    (num / den).sqrt()
+}
