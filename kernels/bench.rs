@@ -113,8 +113,9 @@ fn random_weight(rng: &mut impl Rng, n: usize, k: usize, map: &[f32; 256]) -> Nf
 }
 
 /// Runs the whole table: copy bandwidth, then per shape dequant, GEMV (M <= 8), fused GEMM
-/// and backward dX (M >= 2048; also M = 8 for the GEMM), and Burn's bf16 matmul on the
-/// dequantized weight for every M. `ms` and `shapes` narrow the sweep.
+/// and backward dX (both tile heights at M >= 2048; also M = 8 for the 128-row GEMM), and
+/// Burn's bf16 matmul on the dequantized weight for every M. `ms` and `shapes` narrow the
+/// sweep.
 pub fn run<R: CubeRuntime>(client: &ComputeClient<R>, device: &R::Device, shapes: &[(usize, usize)], ms: &[usize], map: &[f32; 256], mut print: impl FnMut(&BenchRow)) -> Vec<BenchRow> {
     let mut rows = Vec::new();
     let mut push = |row: BenchRow, rows: &mut Vec<BenchRow>| {
@@ -171,12 +172,32 @@ pub fn run<R: CubeRuntime>(client: &ComputeClient<R>, device: &R::Device, shapes
                 push(BenchRow { op: "nf4 fused gemm".into(), m, n, k, us, gbs: mb(bytes, us), tflops: t, note: format!("{:.0}% of burn bf16", 100.0 * t / burn_tflops) }, &mut rows);
             }
             if m >= 2048 {
+                let ys: Vec<CubeTensor<R>> = (0..2).map(|_| empty(&x, vec![m, n], DType::BF16)).collect();
+                use crate::gemm::{GemmConfig, GemmMma, GemmRows};
+                for (what, config) in [
+                    ("256-row tiles", GemmConfig { rows: GemmRows::R256, mma: GemmMma::Wmma }),
+                    ("ldmatrix", GemmConfig { rows: GemmRows::R128, mma: GemmMma::Ldmatrix }),
+                    ("256-row tiles, ldmatrix", GemmConfig { rows: GemmRows::R256, mma: GemmMma::Ldmatrix }),
+                ] {
+                    let us = time_us(client, 5, |i| crate::gemm::gemm_into_with(&x, &ws[i % copies], &ys[i % 2], config).unwrap());
+                    let bytes = wbytes + 2 * (m * k + m * n);
+                    let t = flops / us / 1e6;
+                    push(BenchRow { op: format!("nf4 fused gemm, {what}"), m, n, k, us, gbs: mb(bytes, us), tflops: t, note: format!("{:.0}% of burn bf16", 100.0 * t / burn_tflops) }, &mut rows);
+                }
+            }
+            if m >= 2048 {
                 let dy = upload_float(client, device, &(0..m * n).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), vec![m, n], DType::BF16);
                 let dxs: Vec<CubeTensor<R>> = (0..2).map(|_| empty(&x, vec![m, k], DType::BF16)).collect();
                 let us = time_us(client, 5, |i| crate::gemm_dx::gemm_dx_into(&dy, &ws[i % copies], &dxs[i % 2]).unwrap());
                 let bytes = wbytes + 2 * (m * k + m * n);
                 let t = flops / us / 1e6;
                 push(BenchRow { op: "nf4 fused gemm dX = dY W".into(), m, n, k, us, gbs: mb(bytes, us), tflops: t, note: format!("{:.0}% of burn bf16 (fwd)", 100.0 * t / burn_tflops) }, &mut rows);
+                use crate::gemm::{GemmConfig, GemmMma, GemmRows};
+                for (what, config) in [("256-row tiles", GemmConfig { rows: GemmRows::R256, mma: GemmMma::Wmma }), ("256-row tiles, ldmatrix", GemmConfig { rows: GemmRows::R256, mma: GemmMma::Ldmatrix })] {
+                    let us = time_us(client, 5, |i| crate::gemm_dx::gemm_dx_into_with(&dy, &ws[i % copies], &dxs[i % 2], config).unwrap());
+                    let t = flops / us / 1e6;
+                    push(BenchRow { op: format!("nf4 fused gemm dX = dY W, {what}"), m, n, k, us, gbs: mb(bytes, us), tflops: t, note: format!("{:.0}% of burn bf16 (fwd)", 100.0 * t / burn_tflops) }, &mut rows);
+                }
             }
         }
     }

@@ -19,6 +19,9 @@
 //! - [`swiglu`]: the MLP activation `silu(gate) * up` and its two gradients, one pass each;
 //! - [`softmax`]: attention's masked softmax and its gradient, one cube per score row;
 //! - [`rmsnorm`]: RMSNorm and its input gradient, one cube per row.
+//!
+//! `cuda_check` (feature `cuda-check`) compiles every kernel for sm_90a with NVRTC and reads
+//! ptxas' registers and spills back, without a GPU (`tools/cuda-check.sh`).
 
 pub mod adamw8;
 pub mod dequant;
@@ -33,6 +36,8 @@ pub mod testutil;
 
 #[cfg(feature = "cuda")]
 pub mod bench;
+#[cfg(feature = "cuda-check")]
+pub mod cuda_check;
 #[cfg(feature = "launch")]
 pub mod device;
 

@@ -34,7 +34,7 @@ fn nearest_code(map: &SharedMemory<f32>, base: usize, x: f32) -> u32 {
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-fn adamw8_kernel(
+pub(crate) fn adamw8_kernel(
     p_in: &Array<f32>,
     g: &Array<f32>,
     m_in: &Array<u8>,

@@ -11,7 +11,7 @@
 pub mod reference;
 
 #[cfg(feature = "launch")]
-mod kernel;
+pub(crate) mod kernel;
 #[cfg(feature = "launch")]
 pub use kernel::{adamw8_step, adamw8_step_into, Adam8Device};
 

@@ -10,7 +10,7 @@ use cubecl::prelude::*;
 use cubecl::calculate_cube_count_elemwise;
 
 #[cube(launch_unchecked)]
-fn dequant_kernel<F: Float, N: Size>(
+pub(crate) fn dequant_kernel<F: Float, N: Size>(
     words: &Array<u32>,
     absmax: &Array<f32>,
     qcodes: &Array<u8>,

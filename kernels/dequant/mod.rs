@@ -4,7 +4,7 @@
 pub mod reference;
 
 #[cfg(feature = "launch")]
-mod kernel;
+pub(crate) mod kernel;
 #[cfg(feature = "launch")]
 pub use kernel::{dequantize, dequantize_into};
 

@@ -100,9 +100,15 @@ pub(crate) fn store_tile<F: Float>(
 /// Eight zeroed 16 x 16 f32 accumulators.
 #[cube]
 pub(crate) fn zero_accumulators() -> Sequence<cmma::Matrix<f32>> {
+    zero_accumulators_n(8usize)
+}
+
+/// `count` zeroed 16 x 16 f32 accumulators.
+#[cube]
+pub(crate) fn zero_accumulators_n(#[comptime] count: usize) -> Sequence<cmma::Matrix<f32>> {
     let mut acc = Sequence::<cmma::Matrix<f32>>::new();
     #[unroll]
-    for _ in 0..8usize {
+    for _ in 0..count {
         acc.push(cmma::Matrix::<f32>::from_value(cmma::MatrixIdent::Accumulator, 16usize, 16usize, 16usize, cmma::MatrixLayout::Undefined, 0.0));
     }
     acc
@@ -126,7 +132,7 @@ pub(crate) use launch_nf4_gemm;
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-fn gemm_kernel<F: Float>(
+pub(crate) fn gemm_kernel<F: Float>(
     x: &Array<Vector<F, Const<8>>>,
     words: &Array<Vector<u32, Const<2>>>,
     absmax: &Array<f32>,
@@ -241,14 +247,69 @@ fn check<R: CubeRuntime>(x: &CubeTensor<R>, w: &Nf4Device<R>) -> Result<(usize, 
 
 /// `Y[M, N] = X[M, K] W^T`, `X` contiguous bf16/f16, `K % 32 == 0`; `Y` of `X`'s dtype.
 pub fn gemm<R: CubeRuntime>(x: &CubeTensor<R>, w: &Nf4Device<R>) -> Result<CubeTensor<R>, KernelError> {
+    gemm_with(x, w, GemmConfig::default())
+}
+
+/// [`gemm`] with a chosen tiling and tensor-core path.
+pub fn gemm_with<R: CubeRuntime>(x: &CubeTensor<R>, w: &Nf4Device<R>, config: GemmConfig) -> Result<CubeTensor<R>, KernelError> {
     let (m, _) = check(x, w)?;
     let y = empty(x, vec![m, w.n], x.dtype);
-    gemm_into(x, w, &y)?;
+    gemm_into_with(x, w, &y, config)?;
     Ok(y)
+}
+
+/// Tile rows per cube of the pipelined NF4 GEMMs (the forward one when `K % 64 == 0`, the
+/// backward `dY W` when `N % 64 == 0` and `K % 32 == 0`); other shapes take the first kernels'
+/// 128 rows either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GemmRows {
+    /// 128 rows per cube of 256 threads.
+    #[default]
+    R128,
+    /// 256 rows per cube of 512 threads: the same 16 planes per H200 SM as two 128-row
+    /// cubes, with half the decode work per product (see the `pipelined` module).
+    R256,
+}
+
+/// How the pipelined NF4 GEMMs feed the tensor cores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GemmMma {
+    /// `wmma` 16 x 16 x 16 fragments loaded from shared memory.
+    #[default]
+    Wmma,
+    /// `ldmatrix` loads and `mma.sync.m16n8k16` (see the `mma` module: a fragment per
+    /// instruction, from shared addresses).
+    Ldmatrix,
+}
+
+/// The pipelined NF4 GEMMs' tile height and tensor-core path; shapes the pipelined kernels
+/// cannot take run the first kernels (128 rows, `wmma`) whatever this says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GemmConfig {
+    /// Tile rows per cube.
+    pub rows: GemmRows,
+    /// How the tensor cores are fed.
+    pub mma: GemmMma,
+}
+
+impl GemmRows {
+    /// (tile rows, words of `W` per thread of the pipelined kernels' W loader: the 64 or 128
+    /// codes of a tile row per step split over the threads).
+    pub(crate) fn rows_and_words(self) -> (usize, usize) {
+        match self {
+            GemmRows::R128 => (128, 4),
+            GemmRows::R256 => (256, 2),
+        }
+    }
 }
 
 /// [`gemm`] into a given contiguous `[M, N]` output.
 pub fn gemm_into<R: CubeRuntime>(x: &CubeTensor<R>, w: &Nf4Device<R>, y: &CubeTensor<R>) -> Result<(), KernelError> {
+    gemm_into_with(x, w, y, GemmConfig::default())
+}
+
+/// [`gemm_into`] with a chosen tiling and tensor-core path.
+pub fn gemm_into_with<R: CubeRuntime>(x: &CubeTensor<R>, w: &Nf4Device<R>, y: &CubeTensor<R>, config: GemmConfig) -> Result<(), KernelError> {
     const NAME: &str = "nf4 gemm";
     let (m, shift) = check(x, w)?;
     check_operand(NAME, y, Some(m), w.n)?;
@@ -259,13 +320,16 @@ pub fn gemm_into<R: CubeRuntime>(x: &CubeTensor<R>, w: &Nf4Device<R>, y: &CubeTe
     let (absmax, qcodes, offset, double) = w.scale_args();
     let x_arg = unsafe { ArrayArg::from_raw_parts(x.handle.clone(), m * w.k / 8) };
     let y_arg = unsafe { ArrayArg::from_raw_parts(y.handle.clone(), m * w.n) };
-    let count = CubeCount::Static(w.n.div_ceil(BN) as u32, m.div_ceil(BM) as u32, 1);
-    let dim = CubeDim::new_1d(256);
     if w.k % BK64 == 0 {
-        let words = w.words_arg(4);
-        launch_nf4_gemm!(gemm64_kernel, NAME, x.dtype, client, count, dim, x_arg, words, absmax, qcodes, w.lut_arg(), y_arg, offset, m, w.n, w.k, shift, double);
+        let (bm, wvec) = config.rows.rows_and_words();
+        let count = CubeCount::Static(w.n.div_ceil(BN) as u32, m.div_ceil(bm) as u32, 1);
+        let words = w.words_arg(wvec);
+        let mma = config.mma == GemmMma::Ldmatrix;
+        launch_nf4_gemm!(gemm64_kernel, NAME, x.dtype, client, count, CubeDim::new_1d(2 * bm as u32), wvec, x_arg, words, absmax, qcodes, w.lut_arg(), y_arg, offset, m, w.n, w.k, shift, double, bm, mma);
         return Ok(());
     }
+    let count = CubeCount::Static(w.n.div_ceil(BN) as u32, m.div_ceil(BM) as u32, 1);
+    let dim = CubeDim::new_1d(256);
     let words = w.words_arg(2);
     launch_nf4_gemm!(gemm_kernel, NAME, x.dtype, client, count, dim, x_arg, words, absmax, qcodes, w.lut_arg(), y_arg, offset, m, w.n, w.k, shift, double);
     Ok(())

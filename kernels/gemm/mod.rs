@@ -5,9 +5,11 @@
 #[cfg(feature = "launch")]
 pub(crate) mod kernel;
 #[cfg(feature = "launch")]
+pub(crate) mod mma;
+#[cfg(feature = "launch")]
 pub(crate) mod pipelined;
 #[cfg(feature = "launch")]
-pub use kernel::{gemm, gemm_into};
+pub use kernel::{gemm, gemm_into, gemm_into_with, gemm_with, GemmConfig, GemmMma, GemmRows};
 
 #[cfg(test)]
 mod tests;

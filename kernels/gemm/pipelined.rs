@@ -1,5 +1,14 @@
 //! The forward NF4 GEMM for `K % 64 == 0` (every Qwen2.5 projection), `Y = X W^T`: the same
-//! 128 x 128 tile per cube of 8 planes as [`super::kernel`], but software-pipelined.
+//! 128 x 128 tile per cube of 8 planes as [`super::kernel`], but software-pipelined; or, by
+//! the comptime `rows` ([`super::GemmRows`]), 256 x 128 per cube of 16 planes, each plane the
+//! same 64 x 32 sub-tile.
+//!
+//! Why two heights: compiled for sm_90a (`tools/cuda-check.sh`), both hold 16 warps per H200
+//! SM (the 128-row cube at 128 registers in bf16, two cubes; the 512-thread cube bounded at 128
+//! by `__launch_bounds__(512)`), but each decoded `W` tile of the 256-row cube feeds twice the
+//! rows (half the decode work per product); its W loader takes 16 codes (two words) per thread
+//! instead of 32. The 128-row cube sits exactly at the two-cube limit: it took 130 registers
+//! before past-the-end rows were re-read instead of zeroed ([`load_a64`]).
 //!
 //! Per 64-wide step of `K` each thread holds the next step's global data in registers
 //! (`X`: four 16-byte vectors; `W`: 32 codes in one 16-byte load and their block scale),
@@ -10,7 +19,8 @@
 //! Measured against the first kernel in BENCHMARKS.md ("NF4 GEMM, pipelined").
 
 use crate::device::{block_scale, nibble};
-use crate::gemm::kernel::{store_tile, zero_accumulators, BM, BN};
+use crate::gemm::kernel::{store_tile, zero_accumulators_n, BN};
+use crate::gemm::mma::{mma_products, store_mma_tile, zero_mma_accumulators};
 use cubecl::prelude::*;
 
 /// Reduction per pipelined step.
@@ -20,32 +30,33 @@ pub(crate) const BK64: usize = 64;
 /// start 32-byte aligned as `wmma` loads require).
 pub(crate) const LDV64: usize = BK64 / 8 + 1;
 
-/// Vector `p` (0..4) of this thread's share of `A[row0 .. row0 + 128, c0 .. c0 + 64]`
-/// (row-major `[rows, cols]`, as 8-element vectors); zeros past the last row.
+/// Vector `p` (0..4) of this thread's share of `A[row0 .. row0 + threads / 2, c0 .. c0 + 64]`
+/// (row-major `[rows, cols]`, as 8-element vectors) for a cube of `threads`. Tile rows past
+/// the last read the last row again: row `r` of the product depends on row `r` of `A` only,
+/// and rows past the last are never stored, so they need no zeros. The predicate and zeroed
+/// registers cost ~50 of a step's instructions per plane (SASS, `tools/sass-loop.sh`) and the
+/// two registers that kept the 128-row forward kernel to one cube per SM.
 #[cube]
-pub(crate) fn load_a64<F: Float>(a: &Array<Vector<F, Const<8>>>, row0: usize, rows: usize, cols: usize, c0: usize, tid: usize, #[comptime] p: usize) -> Vector<F, Const<8>> {
-    let v = tid + p * 256;
-    let gr = row0 + v / 8;
-    let mut val = Vector::<F, Const<8>>::new(F::new(0.0));
-    if gr < rows {
-        val = a[(gr * cols + c0) / 8 + v % 8];
-    }
-    val
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn load_a64<F: Float>(a: &Array<Vector<F, Const<8>>>, row0: usize, rows: usize, cols: usize, c0: usize, tid: usize, #[comptime] threads: usize, #[comptime] p: usize) -> Vector<F, Const<8>> {
+    let v = tid + p * threads;
+    let gr = min(row0 + v / 8, rows - 1);
+    a[(gr * cols + c0) / 8 + v % 8]
 }
 
-/// Stores [`load_a64`]'s vector `p` into the `[128, 64]` shared tile (stride [`LDV64`]).
+/// Stores [`load_a64`]'s vector `p` into the `[threads / 2, 64]` shared tile (stride [`LDV64`]).
 #[cube]
-pub(crate) fn store_a64<F: Float>(tile: &mut SharedMemory<Vector<F, Const<8>>>, val: Vector<F, Const<8>>, tid: usize, #[comptime] p: usize) {
-    let v = tid + p * 256;
+pub(crate) fn store_a64<F: Float>(tile: &mut SharedMemory<Vector<F, Const<8>>>, val: Vector<F, Const<8>>, tid: usize, #[comptime] threads: usize, #[comptime] p: usize) {
+    let v = tid + p * threads;
     tile[(v / 8) * LDV64 + v % 8] = val;
 }
 
-/// Decodes 32 codes (four little-endian words) times `scale` into four 8-element vectors at
-/// `tile[at .. at + 4]`.
+/// Decodes `count` little-endian words of 8 codes each, times `scale`, into 8-element vectors
+/// at `tile[at .. at + count]`.
 #[cube]
-pub(crate) fn decode32<F: Float>(words: Vector<u32, Const<4>>, scale: f32, table: &SharedMemory<f32>, tile: &mut SharedMemory<Vector<F, Const<8>>>, at: usize) {
+pub(crate) fn decode_words<F: Float, W: Size>(words: Vector<u32, W>, #[comptime] count: usize, scale: f32, table: &SharedMemory<f32>, tile: &mut SharedMemory<Vector<F, Const<8>>>, at: usize) {
     #[unroll]
-    for q in 0..4usize {
+    for q in 0..count {
         let word = words[q];
         let mut vec = Vector::<F, Const<8>>::empty();
         #[unroll]
@@ -68,9 +79,9 @@ pub(crate) fn fragment<F: Float>(tile: &SharedMemory<Vector<F, Const<8>>>, #[com
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm64_kernel<F: Float>(
+pub(crate) fn gemm64_kernel<F: Float, W: Size>(
     x: &Array<Vector<F, Const<8>>>,
-    words: &Array<Vector<u32, Const<4>>>,
+    words: &Array<Vector<u32, W>>,
     absmax: &Array<f32>,
     qcodes: &Array<u8>,
     lut: &Array<f32>,
@@ -81,79 +92,97 @@ pub(crate) fn gemm64_kernel<F: Float>(
     k: usize,
     block_shift: u32,
     #[comptime] double: bool,
+    #[comptime] rows: usize,
+    #[comptime] mma: bool,
 ) {
+    // `rows` (128 or 256) tile rows: 2 * rows threads, rows / 64 planes along M by 4 along N;
+    // `W` (4 or 2) words per thread of the W loader; `mma`: the tensor-core step by
+    // `ldmatrix` + `mma.sync` (`super::mma`) instead of `wmma`.
+    let threads = comptime![2 * rows];
+    let codes = 8 * W::value();
+    let parts = BK64 / codes;
     let tid = UNIT_POS as usize;
     let mut table = SharedMemory::<f32>::new(16usize);
     if tid < 16 {
         table[tid] = lut[tid];
     }
-    let mut xs = SharedMemory::<Vector<F, Const<8>>>::new_aligned(BM * LDV64, 32usize);
+    let mut xs = SharedMemory::<Vector<F, Const<8>>>::new_aligned(rows * LDV64, 32usize);
     let mut ws = SharedMemory::<Vector<F, Const<8>>>::new_aligned(BN * LDV64, 32usize);
-    let mut stage = SharedMemory::<f32>::new_aligned(2048usize, 32usize);
     sync_cube();
 
     let plane = tid / 32;
     let lane = tid % 32;
     let wm = plane / 4;
     let wn = plane % 4;
-    let m0 = CUBE_POS_Y as usize * BM;
+    let m0 = CUBE_POS_Y as usize * rows;
     let n0 = CUBE_POS_X as usize * BN;
-    let acc = zero_accumulators();
+    // One of the two accumulator sets is empty.
+    let acc = zero_accumulators_n(comptime![if mma { 0usize } else { 8usize }]);
+    let mut macc = zero_mma_accumulators(comptime![if mma { 16usize } else { 0usize }]);
 
-    // W loader: row `wr` of the tile, codes `wh * 32 .. wh * 32 + 32` of the step (one block,
-    // as blocks hold >= 32 aligned elements). Rows past `N` decode zeros (scale 0).
-    let wr = tid / 2;
-    let wh = tid % 2;
+    // W loader: row `wr` of the tile, codes `wq * codes .. (wq + 1) * codes` of the step (one
+    // block, as blocks hold >= 32 aligned elements). Rows past `N` decode zeros (scale 0).
+    let wr = tid / parts;
+    let wq = tid % parts;
     let gn = n0 + wr;
     let live = gn < n_cols;
-    let row_base = gn * k + wh * 32;
+    let row_base = gn * k + wq * codes;
 
-    let mut x0 = load_a64::<F>(x, m0, m_rows, k, 0, tid, 0usize);
-    let mut x1 = load_a64::<F>(x, m0, m_rows, k, 0, tid, 1usize);
-    let mut x2 = load_a64::<F>(x, m0, m_rows, k, 0, tid, 2usize);
-    let mut x3 = load_a64::<F>(x, m0, m_rows, k, 0, tid, 3usize);
-    let mut wv = Vector::<u32, Const<4>>::new(0u32);
+    let mut x0 = load_a64::<F>(x, m0, m_rows, k, 0, tid, threads, 0usize);
+    let mut x1 = load_a64::<F>(x, m0, m_rows, k, 0, tid, threads, 1usize);
+    let mut x2 = load_a64::<F>(x, m0, m_rows, k, 0, tid, threads, 2usize);
+    let mut x3 = load_a64::<F>(x, m0, m_rows, k, 0, tid, threads, 3usize);
+    let mut wv = Vector::<u32, W>::new(0u32);
     let mut scale = 0.0f32;
     if live {
-        wv = words[row_base / 32];
+        wv = words[row_base / codes];
         scale = block_scale(row_base >> block_shift as usize, absmax, qcodes, lut, offset, double);
     }
 
     let k_tiles = k / BK64;
     for kt in 0..k_tiles {
-        store_a64::<F>(&mut xs, x0, tid, 0usize);
-        store_a64::<F>(&mut xs, x1, tid, 1usize);
-        store_a64::<F>(&mut xs, x2, tid, 2usize);
-        store_a64::<F>(&mut xs, x3, tid, 3usize);
-        decode32::<F>(wv, scale, &table, &mut ws, wr * LDV64 + wh * 4);
+        store_a64::<F>(&mut xs, x0, tid, threads, 0usize);
+        store_a64::<F>(&mut xs, x1, tid, threads, 1usize);
+        store_a64::<F>(&mut xs, x2, tid, threads, 2usize);
+        store_a64::<F>(&mut xs, x3, tid, threads, 3usize);
+        decode_words::<F, W>(wv, W::value(), scale, &table, &mut ws, wr * LDV64 + wq * W::value());
         sync_cube();
 
         // The next step's loads are in flight during this step's products.
         if kt + 1 < k_tiles {
             let k0 = (kt + 1) * BK64;
-            x0 = load_a64::<F>(x, m0, m_rows, k, k0, tid, 0usize);
-            x1 = load_a64::<F>(x, m0, m_rows, k, k0, tid, 1usize);
-            x2 = load_a64::<F>(x, m0, m_rows, k, k0, tid, 2usize);
-            x3 = load_a64::<F>(x, m0, m_rows, k, k0, tid, 3usize);
+            x0 = load_a64::<F>(x, m0, m_rows, k, k0, tid, threads, 0usize);
+            x1 = load_a64::<F>(x, m0, m_rows, k, k0, tid, threads, 1usize);
+            x2 = load_a64::<F>(x, m0, m_rows, k, k0, tid, threads, 2usize);
+            x3 = load_a64::<F>(x, m0, m_rows, k, k0, tid, threads, 3usize);
             if live {
                 let e0 = row_base + k0;
-                wv = words[e0 / 32];
+                wv = words[e0 / codes];
                 scale = block_scale(e0 >> block_shift as usize, absmax, qcodes, lut, offset, double);
             }
         }
 
-        #[unroll]
-        for kk in 0..4usize {
-            let b0 = fragment::<F>(&ws, cmma::MatrixIdent::B, cmma::MatrixLayout::ColMajor, (wn * 32) * LDV64 + kk * 2, comptime![LDV64 * 8]);
-            let b1 = fragment::<F>(&ws, cmma::MatrixIdent::B, cmma::MatrixLayout::ColMajor, (wn * 32 + 16) * LDV64 + kk * 2, comptime![LDV64 * 8]);
+        if comptime![mma] {
+            mma_products::<F>(&xs, &ws, &mut macc, wm, wn, lane, true, LDV64);
+        } else {
             #[unroll]
-            for i in 0..4usize {
-                let a = fragment::<F>(&xs, cmma::MatrixIdent::A, cmma::MatrixLayout::RowMajor, (wm * 64 + i * 16) * LDV64 + kk * 2, comptime![LDV64 * 8]);
-                cmma::execute::<F, F, f32, f32>(&a, &b0, acc.index(i * 2), acc.index(i * 2));
-                cmma::execute::<F, F, f32, f32>(&a, &b1, acc.index(i * 2 + 1), acc.index(i * 2 + 1));
+            for kk in 0..4usize {
+                let b0 = fragment::<F>(&ws, cmma::MatrixIdent::B, cmma::MatrixLayout::ColMajor, (wn * 32) * LDV64 + kk * 2, comptime![LDV64 * 8]);
+                let b1 = fragment::<F>(&ws, cmma::MatrixIdent::B, cmma::MatrixLayout::ColMajor, (wn * 32 + 16) * LDV64 + kk * 2, comptime![LDV64 * 8]);
+                #[unroll]
+                for i in 0..4usize {
+                    let a = fragment::<F>(&xs, cmma::MatrixIdent::A, cmma::MatrixLayout::RowMajor, (wm * 64 + i * 16) * LDV64 + kk * 2, comptime![LDV64 * 8]);
+                    cmma::execute::<F, F, f32, f32>(&a, &b0, acc.index(i * 2), acc.index(i * 2));
+                    cmma::execute::<F, F, f32, f32>(&a, &b1, acc.index(i * 2 + 1), acc.index(i * 2 + 1));
+                }
             }
         }
         sync_cube();
     }
-    store_tile::<F>(&acc, &mut stage, y, m0 + wm * 64, n0 + wn * 32, m_rows, n_cols, plane, lane);
+    if comptime![mma] {
+        store_mma_tile::<F>(&macc, y, m0 + wm * 64, n0 + wn * 32, m_rows, n_cols, lane);
+    } else {
+        let mut stage = SharedMemory::<f32>::new_aligned(threads / 32 * 256, 32usize);
+        store_tile::<F>(&acc, &mut stage, y, m0 + wm * 64, n0 + wn * 32, m_rows, n_cols, plane, lane);
+    }
 }

@@ -13,6 +13,7 @@ use super::pipelined::gemm_dx64_kernel;
 use crate::device::{block_scale, check_operand, empty, nibble, KernelError, Nf4Device};
 use crate::gemm::kernel::{launch_nf4_gemm, load_a_tile, store_tile, zero_accumulators, BK, BM, BN, LD};
 use crate::gemm::pipelined::BK64;
+use crate::gemm::GemmConfig;
 use burn_backend::DType;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
@@ -23,7 +24,7 @@ const LDB: usize = BN + 8;
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-fn gemm_dx_kernel<F: Float>(
+pub(crate) fn gemm_dx_kernel<F: Float>(
     dy: &Array<Vector<F, Const<8>>>,
     words: &Array<Vector<u32, Const<2>>>,
     absmax: &Array<f32>,
@@ -139,14 +140,25 @@ fn check<R: CubeRuntime>(dy: &CubeTensor<R>, w: &Nf4Device<R>) -> Result<(usize,
 /// `dX[M, K] = dY[M, N] W`, `dY` contiguous bf16/f16, `N % 32 == 0`, `K % 16 == 0`; `dX` of
 /// `dY`'s dtype.
 pub fn gemm_dx<R: CubeRuntime>(dy: &CubeTensor<R>, w: &Nf4Device<R>) -> Result<CubeTensor<R>, KernelError> {
+    gemm_dx_with(dy, w, GemmConfig::default())
+}
+
+/// [`gemm_dx`] with a chosen tiling and tensor-core path (for `N % 64 == 0`, `K % 32 == 0`;
+/// other shapes take the first kernel's 128 rows and `wmma` either way).
+pub fn gemm_dx_with<R: CubeRuntime>(dy: &CubeTensor<R>, w: &Nf4Device<R>, config: GemmConfig) -> Result<CubeTensor<R>, KernelError> {
     let (m, _) = check(dy, w)?;
     let dx = empty(dy, vec![m, w.k], dy.dtype);
-    gemm_dx_into(dy, w, &dx)?;
+    gemm_dx_into_with(dy, w, &dx, config)?;
     Ok(dx)
 }
 
 /// [`gemm_dx`] into a given contiguous `[M, K]` output.
 pub fn gemm_dx_into<R: CubeRuntime>(dy: &CubeTensor<R>, w: &Nf4Device<R>, dx: &CubeTensor<R>) -> Result<(), KernelError> {
+    gemm_dx_into_with(dy, w, dx, GemmConfig::default())
+}
+
+/// [`gemm_dx_into`] with a chosen tiling and tensor-core path (see [`gemm_dx_with`]).
+pub fn gemm_dx_into_with<R: CubeRuntime>(dy: &CubeTensor<R>, w: &Nf4Device<R>, dx: &CubeTensor<R>, config: GemmConfig) -> Result<(), KernelError> {
     const NAME: &str = "nf4 gemm dx";
     let (m, shift) = check(dy, w)?;
     check_operand(NAME, dx, Some(m), w.k)?;
@@ -157,13 +169,16 @@ pub fn gemm_dx_into<R: CubeRuntime>(dy: &CubeTensor<R>, w: &Nf4Device<R>, dx: &C
     let (absmax, qcodes, offset, double) = w.scale_args();
     let dy_arg = unsafe { ArrayArg::from_raw_parts(dy.handle.clone(), m * w.n / 8) };
     let dx_arg = unsafe { ArrayArg::from_raw_parts(dx.handle.clone(), m * w.k) };
-    let count = CubeCount::Static(w.k.div_ceil(BN) as u32, m.div_ceil(BM) as u32, 1);
-    let dim = CubeDim::new_1d(256);
     if w.n % BK64 == 0 && w.k % 32 == 0 {
-        let words = w.words_arg(4);
-        launch_nf4_gemm!(gemm_dx64_kernel, NAME, dy.dtype, client, count, dim, dy_arg, words, absmax, qcodes, w.lut_arg(), dx_arg, offset, m, w.n, w.k, shift, double);
+        let (bm, wvec) = config.rows.rows_and_words();
+        let count = CubeCount::Static(w.k.div_ceil(BN) as u32, m.div_ceil(bm) as u32, 1);
+        let words = w.words_arg(wvec);
+        let mma = config.mma == crate::gemm::GemmMma::Ldmatrix;
+        launch_nf4_gemm!(gemm_dx64_kernel, NAME, dy.dtype, client, count, CubeDim::new_1d(2 * bm as u32), wvec, dy_arg, words, absmax, qcodes, w.lut_arg(), dx_arg, offset, m, w.n, w.k, shift, double, bm, mma);
         return Ok(());
     }
+    let count = CubeCount::Static(w.k.div_ceil(BN) as u32, m.div_ceil(BM) as u32, 1);
+    let dim = CubeDim::new_1d(256);
     let words = w.words_arg(2);
     launch_nf4_gemm!(gemm_dx_kernel, NAME, dy.dtype, client, count, dim, dy_arg, words, absmax, qcodes, w.lut_arg(), dx_arg, offset, m, w.n, w.k, shift, double);
     Ok(())

@@ -4,11 +4,11 @@
 pub mod reference;
 
 #[cfg(feature = "launch")]
-mod kernel;
+pub(crate) mod kernel;
 #[cfg(feature = "launch")]
-mod pipelined;
+pub(crate) mod pipelined;
 #[cfg(feature = "launch")]
-pub use kernel::{gemm_dx, gemm_dx_into};
+pub use kernel::{gemm_dx, gemm_dx_into, gemm_dx_into_with, gemm_dx_with};
 
 #[cfg(test)]
 mod tests;

@@ -25,7 +25,8 @@ fn reference_is_the_adjoint_of_the_forward_product() {
 #[cfg(feature = "cuda")]
 mod device {
     use crate::device::{poisoned, read_f32, upload_float, Nf4Device};
-    use crate::gemm_dx::{gemm_dx_into, reference::matmul_dx};
+    use crate::gemm::{GemmConfig, GemmMma, GemmRows};
+    use crate::gemm_dx::{gemm_dx_into, gemm_dx_into_with, reference::matmul_dx};
     use crate::testutil::{assert_close, cuda, random_nf4, rng, round_bf16, synthetic_map, uniform};
     use burn_backend::DType;
     use rand::Rng;
@@ -33,18 +34,28 @@ mod device {
     /// bf16 operands, f32 accumulation (see the forward GEMM's bound).
     const GEMM_DX_BF16_REL: f64 = 8e-3;
 
+    /// Every tiling and tensor-core path of the pipelined kernel.
+    const CONFIGS: [GemmConfig; 4] = [
+        GemmConfig { rows: GemmRows::R128, mma: GemmMma::Wmma },
+        GemmConfig { rows: GemmRows::R256, mma: GemmMma::Wmma },
+        GemmConfig { rows: GemmRows::R128, mma: GemmMma::Ldmatrix },
+        GemmConfig { rows: GemmRows::R256, mma: GemmMma::Ldmatrix },
+    ];
+
     #[test]
     fn kernel_matches_reference_on_random_shapes() {
         let Some((client, device)) = cuda() else { return };
         let mut rng = rng("gemm_dx kernel");
         let map = synthetic_map();
-        for case in 0..8 {
-            // Cases 0..4 take the pipelined kernel (N % 64 == 0, K % 32 == 0); 4..8 the first
-            // one (N an odd multiple of 32, or K an odd multiple of 16).
+        for case in 0..20 {
+            // Cases 0..16 take the pipelined kernel (N % 64 == 0, K % 32 == 0), four cases per
+            // configuration; 16..20 the first one (N an odd multiple of 32, or K an odd
+            // multiple of 16).
             let m = rng.random_range(1..300);
+            let config = CONFIGS[(case / 4) % 4];
             let (n, k) = match case {
-                0..4 => (64 * rng.random_range(1..10), 32 * rng.random_range(1..20)),
-                4 | 5 => (32 * (2 * rng.random_range(0..10) + 1), 16 * rng.random_range(1..40)),
+                0..16 => (64 * rng.random_range(1..10), 32 * rng.random_range(1..20)),
+                16 | 17 => (32 * (2 * rng.random_range(0..10) + 1), 16 * rng.random_range(1..40)),
                 _ => (64 * rng.random_range(1..10), 16 * (2 * rng.random_range(0..20) + 1)),
             };
             let double = rng.random();
@@ -54,8 +65,8 @@ mod device {
             let dev = Nf4Device::upload(&client, &device, &w.view(), &map);
             let dyd = upload_float(&client, &device, &dy, vec![m, n], DType::BF16);
             let dx = poisoned(&client, &device, vec![m, k], DType::BF16);
-            gemm_dx_into(&dyd, &dev, &dx).unwrap();
-            let what = format!("gemm_dx bf16 double={double} blocksize={bs} M={m} N={n} K={k}");
+            gemm_dx_into_with(&dyd, &dev, &dx, config).unwrap();
+            let what = format!("gemm_dx bf16 {config:?} double={double} blocksize={bs} M={m} N={n} K={k}");
             assert_close(&what, &read_f32(&dx), &matmul_dx(&dy, m, &w.view()), "GEMM_DX_BF16_REL", GEMM_DX_BF16_REL);
         }
     }
@@ -71,8 +82,14 @@ mod device {
         let dy = round_bf16(&uniform(&mut rng, m * n, 1.0));
         let dev = Nf4Device::upload(&client, &device, &w.view(), &map);
         let dyd = upload_float(&client, &device, &dy, vec![m, n], DType::BF16);
+        let reference = matmul_dx(&dy, m, &w.view());
+        for config in CONFIGS {
+            let dx = poisoned(&client, &device, vec![m, k], DType::BF16);
+            gemm_dx_into_with(&dyd, &dev, &dx, config).unwrap();
+            assert_close(&format!("gemm_dx bf16 {config:?} M=300 N=1024 K=1056"), &read_f32(&dx), &reference, "GEMM_DX_BF16_REL", GEMM_DX_BF16_REL);
+        }
         let dx = poisoned(&client, &device, vec![m, k], DType::BF16);
         gemm_dx_into(&dyd, &dev, &dx).unwrap();
-        assert_close("gemm_dx bf16 M=300 N=1024 K=1056", &read_f32(&dx), &matmul_dx(&dy, m, &w.view()), "GEMM_DX_BF16_REL", GEMM_DX_BF16_REL);
+        assert_close("gemm_dx bf16 default M=300 N=1024 K=1056", &read_f32(&dx), &reference, "GEMM_DX_BF16_REL", GEMM_DX_BF16_REL);
     }
 }

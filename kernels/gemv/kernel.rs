@@ -22,7 +22,7 @@ const PLANES: u32 = 4;
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-fn gemv_kernel<F: Float, N: Size>(
+pub(crate) fn gemv_kernel<F: Float, N: Size>(
     x: &Array<Vector<F, N>>,
     chunks_in: &Array<Vector<u32, Const<4>>>,
     absmax: &Array<f32>,

@@ -27,7 +27,7 @@ fn row_dot<F: Float, N: Size>(a: &Array<Vector<F, N>>, b: &Array<Vector<F, N>>, 
 }
 
 #[cube(launch_unchecked)]
-fn rmsnorm_forward_kernel<F: Float, N: Size>(x: &Array<Vector<F, N>>, w: &Array<Vector<F, N>>, y: &mut Array<Vector<F, N>>, rows: usize, vectors: usize, hidden: f32, eps: f32) {
+pub(crate) fn rmsnorm_forward_kernel<F: Float, N: Size>(x: &Array<Vector<F, N>>, w: &Array<Vector<F, N>>, y: &mut Array<Vector<F, N>>, rows: usize, vectors: usize, hidden: f32, eps: f32) {
     let row = CUBE_POS;
     // Uniform over the cube, so the barriers inside stay convergent.
     if row < rows {
@@ -47,7 +47,7 @@ fn rmsnorm_forward_kernel<F: Float, N: Size>(x: &Array<Vector<F, N>>, w: &Array<
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-fn rmsnorm_backward_kernel<F: Float, N: Size>(
+pub(crate) fn rmsnorm_backward_kernel<F: Float, N: Size>(
     x: &Array<Vector<F, N>>,
     w: &Array<Vector<F, N>>,
     dy: &Array<Vector<F, N>>,

@@ -12,7 +12,7 @@
 pub mod reference;
 
 #[cfg(feature = "launch")]
-mod kernel;
+pub(crate) mod kernel;
 #[cfg(feature = "launch")]
 pub use kernel::{rmsnorm_backward, rmsnorm_backward_into, rmsnorm_forward, rmsnorm_forward_into};
 

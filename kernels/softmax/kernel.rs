@@ -84,7 +84,7 @@ fn probs<F: Float, M: Int, N: Size>(sv: Vector<F, N>, mv: Vector<M, N>, mx: f32,
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-fn masked_softmax_kernel<F: Float, M: Int, N: Size>(
+pub(crate) fn masked_softmax_kernel<F: Float, M: Int, N: Size>(
     s: &Array<Vector<F, N>>,
     mask: &Array<Vector<M, N>>,
     p: &mut Array<Vector<F, N>>,
@@ -113,7 +113,7 @@ fn masked_softmax_kernel<F: Float, M: Int, N: Size>(
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-fn masked_softmax_backward_kernel<F: Float, M: Int, N: Size>(
+pub(crate) fn masked_softmax_backward_kernel<F: Float, M: Int, N: Size>(
     s: &Array<Vector<F, N>>,
     dp: &Array<Vector<F, N>>,
     mask: &Array<Vector<M, N>>,

@@ -18,7 +18,7 @@
 pub mod reference;
 
 #[cfg(feature = "launch")]
-mod kernel;
+pub(crate) mod kernel;
 #[cfg(feature = "launch")]
 pub use kernel::{masked_softmax, masked_softmax_backward, masked_softmax_backward_into, masked_softmax_into};
 pub use reference::Rows;

@@ -11,7 +11,7 @@ use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::*;
 
 #[cube(launch_unchecked)]
-fn swiglu_forward_kernel<F: Float, N: Size>(g: &Array<Vector<F, N>>, u: &Array<Vector<F, N>>, y: &mut Array<Vector<F, N>>, len: usize) {
+pub(crate) fn swiglu_forward_kernel<F: Float, N: Size>(g: &Array<Vector<F, N>>, u: &Array<Vector<F, N>>, y: &mut Array<Vector<F, N>>, len: usize) {
     let i = ABSOLUTE_POS;
     if i < len {
         let gf = Vector::<f32, N>::cast_from(g[i]);
@@ -23,7 +23,7 @@ fn swiglu_forward_kernel<F: Float, N: Size>(g: &Array<Vector<F, N>>, u: &Array<V
 }
 
 #[cube(launch_unchecked)]
-fn swiglu_backward_kernel<F: Float, N: Size>(
+pub(crate) fn swiglu_backward_kernel<F: Float, N: Size>(
     g: &Array<Vector<F, N>>,
     u: &Array<Vector<F, N>>,
     dh: &Array<Vector<F, N>>,

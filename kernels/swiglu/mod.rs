@@ -9,7 +9,7 @@
 pub mod reference;
 
 #[cfg(feature = "launch")]
-mod kernel;
+pub(crate) mod kernel;
 #[cfg(feature = "launch")]
 pub use kernel::{swiglu_backward, swiglu_backward_into, swiglu_forward, swiglu_forward_into};
 

@@ -44,9 +44,10 @@ pub struct GpuRuntimeArgs {
     /// by size (to see where reserved memory goes).
     #[arg(long, global = true, value_name = "FILE")]
     pub memory_log: Option<PathBuf>,
-    /// How CUDA runs 16-bit NF4 products (prefill, training): fused kernels, or a transient
-    /// dequantized weight and Burn's autotuned matmul (bitsandbytes' way; ~136 MB more memory
-    /// at the 7B's largest weight).
+    /// How CUDA runs 16-bit NF4 products (prefill, training): fused kernels (`fused256`: both
+    /// products in 256-row tiles; `fused256-ldmatrix`: and fed by `ldmatrix` + `mma.sync`),
+    /// or a transient dequantized weight and Burn's autotuned matmul (bitsandbytes' way;
+    /// ~136 MB more memory at the 7B's largest weight).
     #[arg(long, global = true, value_enum, default_value = "fused")]
     pub nf4_product: crate::model::nf4_weight::ops::Nf4Product,
 }

@@ -21,21 +21,26 @@ fi
 args=(--kernel-cache $PWD/.kcache --autotune minimal bench train --model $m --device cuda --dtype bf16 --quantize nf4 --seq 2048 --r 64 "$@")
 # Untimed run first: compiles what the kernel cache lacks, so ncu's step times kernels only.
 $bin "${args[@]}" --steps 1 --warmup 0 2>&1 | tail -1
-ncu --metrics gpu__time_duration.sum --csv --log-file "$OUT/ncu.csv" $bin "${args[@]}" --steps 1 --warmup 0 > "$OUT/ncu-run.log" 2>&1
+ncu --metrics gpu__time_duration.sum,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active --csv --log-file "$OUT/ncu.csv" $bin "${args[@]}" --steps 1 --warmup 0 > "$OUT/ncu-run.log" 2>&1
 tail -2 "$OUT/ncu-run.log"
 python3 - "$OUT/ncu.csv" "$layers" <<'PY'
 import csv, sys, collections
 rows = [r for r in csv.DictReader(l for l in open(sys.argv[1]) if l.startswith('"'))]
 t = collections.defaultdict(float); n = collections.Counter()
+regs = {}; occ = collections.defaultdict(list)
 for r in rows:
-    if r.get("Metric Name") != "gpu__time_duration.sum": continue
-    v = float(r["Metric Value"].replace(",", "")); u = r["Metric Unit"]
-    v *= {"ns": 1e-9, "nsecond": 1e-9, "us": 1e-6, "usecond": 1e-6, "ms": 1e-3, "msecond": 1e-3, "s": 1, "second": 1}[u]
     name = r["Kernel Name"].split("(")[0][:70]
+    metric = r.get("Metric Name"); v = float(r["Metric Value"].replace(",", ""))
+    if metric == "launch__registers_per_thread": regs[name] = max(regs.get(name, 0), int(v)); continue
+    if metric == "sm__warps_active.avg.pct_of_peak_sustained_active": occ[name].append(v); continue
+    if metric != "gpu__time_duration.sum": continue
+    u = r["Metric Unit"]
+    v *= {"ns": 1e-9, "nsecond": 1e-9, "us": 1e-6, "usecond": 1e-6, "ms": 1e-3, "msecond": 1e-3, "s": 1, "second": 1}[u]
     t[name] += v; n[name] += 1
 total = sum(t.values())
-print(f"{len(rows)} launches, {total*1e3:.1f} ms GPU time in one step ({sys.argv[2]} layers)")
-print("| kernel | launches | ms | share |")
+print(f"{sum(n.values())} launches, {total*1e3:.1f} ms GPU time in one step ({sys.argv[2]} layers)")
+print("| kernel | launches | ms | share | registers | achieved occupancy |")
 for k, v in sorted(t.items(), key=lambda kv: -kv[1])[:40]:
-    print(f"| {k} | {n[k]} | {v*1e3:.2f} | {100*v/total:.1f}% |")
+    o = f"{sum(occ[k]) / len(occ[k]):.0f}%" if occ[k] else "-"
+    print(f"| {k} | {n[k]} | {v*1e3:.2f} | {100*v/total:.1f}% | {regs.get(k, '-')} | {o} |")
 PY

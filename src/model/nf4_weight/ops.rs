@@ -63,9 +63,19 @@ pub struct Nf4Prims<B: Backend> {
 #[serde(rename_all = "lowercase")]
 pub enum Nf4Product {
     /// The fused kernels: tiles of `W` decoded into shared memory feed tensor-core products;
-    /// no dense weight exists in global memory.
+    /// no dense weight exists in global memory. 128-row tiles of 256 threads.
     #[default]
     Fused,
+    /// The fused kernels in 256-row tiles of 512 threads, forward and backward
+    /// ([`medqlora_kernels::gemm::GemmRows::R256`]: each decoded tile of `W` feeds twice the
+    /// rows).
+    Fused256,
+    /// As `Fused256`, with the tensor cores fed by `ldmatrix` and `mma.sync`
+    /// ([`medqlora_kernels::gemm::GemmMma::Ldmatrix`]: a fragment per instruction from shared
+    /// memory where `wmma` takes four generic loads).
+    #[value(name = "fused256-ldmatrix")]
+    #[serde(rename = "fused256-ldmatrix")]
+    Fused256Ldmatrix,
     /// bitsandbytes' way: the NF4 dequantization kernel writes a transient dense weight
     /// (the largest 7B one, 136 MB in bf16), then Burn's autotuned matmul; the weight is
     /// freed after the product (and dequantized again for the backward's `dY W`).
@@ -82,7 +92,9 @@ pub fn set_nf4_product(product: Nf4Product) {
 /// The strategy [`set_nf4_product`] chose (the default: fused).
 pub fn nf4_product() -> Nf4Product {
     match NF4_PRODUCT.load(std::sync::atomic::Ordering::Relaxed) {
-        1 => Nf4Product::Dequantize,
+        1 => Nf4Product::Fused256,
+        2 => Nf4Product::Fused256Ldmatrix,
+        3 => Nf4Product::Dequantize,
         _ => Nf4Product::Fused,
     }
 }
@@ -192,6 +204,16 @@ mod cube {
         Nf4Device { packed: into_contiguous(w.packed.clone()), scales, lut: into_contiguous(w.lut.clone()), n: w.n, k: w.k, blocksize: w.blocksize }
     }
 
+    /// The fused kernels' configuration [`nf4_product`] asks for.
+    fn config() -> gemm::GemmConfig {
+        use gemm::{GemmConfig, GemmMma, GemmRows};
+        match nf4_product() {
+            Nf4Product::Fused256 => GemmConfig { rows: GemmRows::R256, mma: GemmMma::Wmma },
+            Nf4Product::Fused256Ldmatrix => GemmConfig { rows: GemmRows::R256, mma: GemmMma::Ldmatrix },
+            Nf4Product::Fused | Nf4Product::Dequantize => GemmConfig::default(),
+        }
+    }
+
     impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> Nf4Backend for CubeBackend<R, F, I, BT> {
         fn nf4_matmul_t(x: FloatTensor<Self>, w: Nf4Prims<Self>) -> FloatTensor<Self> {
             let dev = device(&w);
@@ -200,8 +222,8 @@ mod cube {
             let half = matches!(x.dtype, DType::BF16 | DType::F16);
             let fast = if m <= gemv::MAX_M {
                 gemv::gemv(&x, &dev)
-            } else if half && nf4_product() == Nf4Product::Fused {
-                gemm::gemm(&x, &dev)
+            } else if half && nf4_product() != Nf4Product::Dequantize {
+                gemm::gemm_with(&x, &dev, config())
             } else {
                 // f32 (the fused kernels' tensor cores take 16-bit operands) or by choice:
                 // dequantize, then Burn's matmul (autotuned).
@@ -217,8 +239,8 @@ mod cube {
         fn nf4_matmul_dx(dy: FloatTensor<Self>, w: Nf4Prims<Self>) -> FloatTensor<Self> {
             let dev = device(&w);
             let dy = into_contiguous(dy);
-            let fast = if matches!(dy.dtype, DType::BF16 | DType::F16) && nf4_product() == Nf4Product::Fused {
-                gemm_dx::gemm_dx(&dy, &dev)
+            let fast = if matches!(dy.dtype, DType::BF16 | DType::F16) && nf4_product() != Nf4Product::Dequantize {
+                gemm_dx::gemm_dx_with(&dy, &dev, config())
             } else {
                 dequant::dequantize(&dev, dy.dtype).map(|dense| matmul(dy.clone(), dense, None, MatmulStrategy::default(), dy.dtype).expect("matmul"))
             };
