@@ -99,6 +99,13 @@ fn arr() -> ArrayCompilationArg {
     ArrayCompilationArg { inplace: None }
 }
 
+/// A pipelined GEMM configuration's comptime values (tile rows, words per W-loader thread,
+/// `ldmatrix`, stages) and its name in the report.
+fn pipelined(config: crate::gemm::GemmConfig) -> (usize, usize, bool, usize, String) {
+    let (rows, wvec) = config.rows.rows_and_words();
+    (rows, wvec, config.mma == crate::gemm::GemmMma::Ldmatrix, config.stages.count(), config.name())
+}
+
 /// Runs `$body` with `$f` bound to each of the listed float types and `$tag` to its name.
 macro_rules! each_float {
     ([$($ty:ty => $tag:literal),+], $f:ident, $name:ident => $body:expr) => {
@@ -133,18 +140,14 @@ pub fn variants<R: Runtime>(client: &ComputeClient<R>) -> Vec<Variant> {
         });
         each_float!([half::bf16 => "bf16", half::f16 => "f16"], F, t => {
             out.push(variant(format!("gemm {t}{dq}"), gemm::kernel::gemm_kernel::GemmKernel::<F, R>::new(settings(256), c(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), double)));
-            for (rows, wvec) in [(128, 4), (256, 2)] {
-                for mma in [false, true] {
-                    let path = if mma { "ldmatrix" } else { "wmma" };
-                    out.push(variant(format!("gemm64 r{rows} {path} {t}{dq}"), gemm::pipelined::gemm64_kernel::Gemm64Kernel::<F, R>::new(settings(2 * rows as u32), c(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), wvec, double, rows, mma)));
-                }
+            for config in gemm::GemmConfig::ALL {
+                let (rows, wvec, mma, stages, name) = pipelined(config);
+                out.push(variant(format!("gemm64 {name} {t}{dq}"), gemm::pipelined::gemm64_kernel::Gemm64Kernel::<F, R>::new(settings(2 * rows as u32), c(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), wvec, double, rows, mma, stages)));
             }
             out.push(variant(format!("gemm_dx {t}{dq}"), gemm_dx::kernel::gemm_dx_kernel::GemmDxKernel::<F, R>::new(settings(256), c(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), double)));
-            for (rows, wvec) in [(128, 4), (256, 2)] {
-                for mma in [false, true] {
-                    let path = if mma { "ldmatrix" } else { "wmma" };
-                    out.push(variant(format!("gemm_dx64 r{rows} {path} {t}{dq}"), gemm_dx::pipelined::gemm_dx64_kernel::GemmDx64Kernel::<F, R>::new(settings(2 * rows as u32), c(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), wvec, double, rows, mma)));
-                }
+            for config in gemm::GemmConfig::ALL {
+                let (rows, wvec, mma, stages, name) = pipelined(config);
+                out.push(variant(format!("gemm_dx64 {name} {t}{dq}"), gemm_dx::pipelined::gemm_dx64_kernel::GemmDx64Kernel::<F, R>::new(settings(2 * rows as u32), c(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), wvec, double, rows, mma, stages)));
             }
         });
     }

@@ -167,7 +167,7 @@ fn nf4_product_strategies_match_the_reference() {
         let want_y: Vec<f32> = (0..m * n).map(|e| (0..k).map(|j| x[e / n * k + j] as f64 * dense[e % n * k + j] as f64).sum::<f64>() as f32).collect();
         let want_dx: Vec<f32> = (0..m * k).map(|e| (0..n).map(|i| dy[e / k * n + i] as f64 * dense[i * k + e % k] as f64).sum::<f64>() as f32).collect();
         let weight = Nf4Weight::<G>::from_host(&q, &dev);
-        for product in [Nf4Product::Fused, Nf4Product::Fused256, Nf4Product::Fused256Ldmatrix, Nf4Product::Dequantize] {
+        for product in Nf4Product::ALL {
             set_nf4_product(product);
             let y = weight.matmul_t(Tensor::<G, 2>::from_data(TensorData::new(x.clone(), [m, k]), &dev));
             let g = Tensor::<G, 2>::from_data(TensorData::new(dy.clone(), [m, n]), &dev).into_primitive().tensor();

@@ -282,14 +282,63 @@ pub enum GemmMma {
     Ldmatrix,
 }
 
-/// The pipelined NF4 GEMMs' tile height and tensor-core path; shapes the pipelined kernels
-/// cannot take run the first kernels (128 rows, `wmma`) whatever this says.
+/// How many sets of shared tiles the pipelined NF4 GEMMs cycle through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GemmStages {
+    /// One set: fill, barrier, products, barrier, per step.
+    #[default]
+    One,
+    /// Two sets: products on one while the next step fills the other, one barrier per step
+    /// (twice the shared memory: 110.6 KB for a 256-row forward cube).
+    Two,
+}
+
+impl GemmStages {
+    pub(crate) fn count(self) -> usize {
+        match self {
+            GemmStages::One => 1,
+            GemmStages::Two => 2,
+        }
+    }
+}
+
+/// The pipelined NF4 GEMMs' tile height, tensor-core path and shared-tile stages; shapes the
+/// pipelined kernels cannot take run the first kernels (128 rows, `wmma`) whatever this says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct GemmConfig {
     /// Tile rows per cube.
     pub rows: GemmRows,
     /// How the tensor cores are fed.
     pub mma: GemmMma,
+    /// Shared tile sets.
+    pub stages: GemmStages,
+}
+
+impl GemmConfig {
+    /// Short name for reports, e.g. `r256 ldmatrix 2stage` (one stage unnamed).
+    pub fn name(&self) -> String {
+        let rows = if self.rows == GemmRows::R256 { 256 } else { 128 };
+        let mma = if self.mma == GemmMma::Ldmatrix { "ldmatrix" } else { "wmma" };
+        let stages = if self.stages == GemmStages::Two { " 2stage" } else { "" };
+        format!("r{rows} {mma}{stages}")
+    }
+
+    /// Every configuration, for tests, benchmarks and the compile check.
+    pub const ALL: [GemmConfig; 8] = {
+        use GemmMma::{Ldmatrix, Wmma};
+        use GemmRows::{R128, R256};
+        use GemmStages::{One, Two};
+        [
+            GemmConfig { rows: R128, mma: Wmma, stages: One },
+            GemmConfig { rows: R256, mma: Wmma, stages: One },
+            GemmConfig { rows: R128, mma: Ldmatrix, stages: One },
+            GemmConfig { rows: R256, mma: Ldmatrix, stages: One },
+            GemmConfig { rows: R128, mma: Wmma, stages: Two },
+            GemmConfig { rows: R256, mma: Wmma, stages: Two },
+            GemmConfig { rows: R128, mma: Ldmatrix, stages: Two },
+            GemmConfig { rows: R256, mma: Ldmatrix, stages: Two },
+        ]
+    };
 }
 
 impl GemmRows {
@@ -325,7 +374,8 @@ pub fn gemm_into_with<R: CubeRuntime>(x: &CubeTensor<R>, w: &Nf4Device<R>, y: &C
         let count = CubeCount::Static(w.n.div_ceil(BN) as u32, m.div_ceil(bm) as u32, 1);
         let words = w.words_arg(wvec);
         let mma = config.mma == GemmMma::Ldmatrix;
-        launch_nf4_gemm!(gemm64_kernel, NAME, x.dtype, client, count, CubeDim::new_1d(2 * bm as u32), wvec, x_arg, words, absmax, qcodes, w.lut_arg(), y_arg, offset, m, w.n, w.k, shift, double, bm, mma);
+        let stages = config.stages.count();
+        launch_nf4_gemm!(gemm64_kernel, NAME, x.dtype, client, count, CubeDim::new_1d(2 * bm as u32), wvec, x_arg, words, absmax, qcodes, w.lut_arg(), y_arg, offset, m, w.n, w.k, shift, double, bm, mma, stages);
         return Ok(());
     }
     let count = CubeCount::Static(w.n.div_ceil(BN) as u32, m.div_ceil(BM) as u32, 1);

@@ -43,15 +43,17 @@ pub(crate) fn zero_mma_accumulators(#[comptime] count: usize) -> Sequence<Array<
 }
 
 /// One 64-wide step of the plane's products, `acc += A[rows wm*64 .., 64] B[64, cols wn*32 ..]`:
-/// `A` from `xs` (`[rows, 64]`, row stride [`LDV64`] vectors), `B` from `ws`, row stride `ldw`
-/// vectors, either `n`-major (`w_rows_are_n`: the forward product's `[128, 64]` rows of `W`,
-/// so `B = W^T`) or `k`-major (the backward product's `[64, 128]` rows of `W`, loaded by
+/// `A` from `xs` at vector offset `xbase` (`[rows, 64]`, row stride [`LDV64`] vectors), `B`
+/// from `ws` at `wbase`, row stride `ldw` vectors, either `n`-major (`w_rows_are_n`: the
+/// forward product's `[128, 64]` rows of `W`, so `B = W^T`) or `k`-major (the backward product's `[64, 128]` rows of `W`, loaded by
 /// `ldmatrix.trans`: lane `l` addresses row `k = l % 16` of its 8-column block).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn mma_products<F: Float>(
     xs: &SharedMemory<Vector<F, Const<8>>>,
+    xbase: usize,
     ws: &SharedMemory<Vector<F, Const<8>>>,
+    wbase: usize,
     acc: &mut Sequence<Array<Vector<f32, Const<1>>>>,
     wm: usize,
     wn: usize,
@@ -63,9 +65,9 @@ pub(crate) fn mma_products<F: Float>(
     let a_row = wm * 64 + lane % 16;
     let a_half = lane / 16;
     // This lane's B row address, and the steps to the next 8 columns and the next 16 `k`.
-    let mut b_base = (lane % 16) * ldw + wn * 4;
+    let mut b_base = wbase + (lane % 16) * ldw + wn * 4;
     if comptime![w_rows_are_n] {
-        b_base = (wn * 32 + lane % 8) * ldw + (lane % 16) / 8;
+        b_base = wbase + (wn * 32 + lane % 8) * ldw + (lane % 16) / 8;
     }
     let j_step = comptime![if w_rows_are_n { 8 * ldw } else { 1 }];
     let kk_step = comptime![if w_rows_are_n { 2 } else { 16 * ldw }];
@@ -79,7 +81,7 @@ pub(crate) fn mma_products<F: Float>(
         }
         #[unroll]
         for i in 0..4usize {
-            let at = (a_row + i * 16) * LDV64 + kk * 2 + a_half;
+            let at = xbase + (a_row + i * 16) * LDV64 + kk * 2 + a_half;
             let a = def.load_matrix::<Vector<F, Const<8>>, Const<2>>(&xs.slice(at, at + 1), cmma::MatrixIdent::A, 4usize, false);
             #[unroll]
             for j in 0..4usize {

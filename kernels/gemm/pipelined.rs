@@ -17,6 +17,13 @@
 //! vectors (the first kernel's scalar stores cost 16 shared-memory instructions per thread
 //! per step, with bank conflicts). Twice the reduction per step halves the barriers.
 //! Measured against the first kernel in BENCHMARKS.md ("NF4 GEMM, pipelined").
+//!
+//! With two stages ([`super::GemmStages::Two`]) the shared tiles are doubled: a plane stores
+//! and decodes the next step into the idle set right after its products on the current one,
+//! and one barrier per step remains instead of two. Why: a 512-thread cube is alone on its SM,
+//! so with one set every plane waits at a barrier while the tiles are filled and no tensor
+//! work runs then; with two, planes that finish their products early fill the tiles while
+//! the others still compute.
 
 use crate::device::{block_scale, nibble};
 use crate::gemm::kernel::{store_tile, zero_accumulators_n, BN};
@@ -44,11 +51,27 @@ pub(crate) fn load_a64<F: Float>(a: &Array<Vector<F, Const<8>>>, row0: usize, ro
     a[(gr * cols + c0) / 8 + v % 8]
 }
 
-/// Stores [`load_a64`]'s vector `p` into the `[threads / 2, 64]` shared tile (stride [`LDV64`]).
+/// Stores [`load_a64`]'s vectors 0..4 into the `[threads / 2, 64]` shared tile (stride
+/// [`LDV64`]) at vector offset `base`.
 #[cube]
-pub(crate) fn store_a64<F: Float>(tile: &mut SharedMemory<Vector<F, Const<8>>>, val: Vector<F, Const<8>>, tid: usize, #[comptime] threads: usize, #[comptime] p: usize) {
-    let v = tid + p * threads;
-    tile[(v / 8) * LDV64 + v % 8] = val;
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn store_a64<F: Float>(
+    tile: &mut SharedMemory<Vector<F, Const<8>>>,
+    base: usize,
+    v0: Vector<F, Const<8>>,
+    v1: Vector<F, Const<8>>,
+    v2: Vector<F, Const<8>>,
+    v3: Vector<F, Const<8>>,
+    tid: usize,
+    #[comptime] threads: usize,
+) {
+    let at = base + (tid / 8) * LDV64 + tid % 8;
+    // Vector `tid + p * threads` sits `p * threads / 8` rows further.
+    let rows = comptime![threads / 8 * LDV64];
+    tile[at] = v0;
+    tile[at + rows] = v1;
+    tile[at + 2 * rows] = v2;
+    tile[at + 3 * rows] = v3;
 }
 
 /// Decodes `count` little-endian words of 8 codes each, times `scale`, into 8-element vectors
@@ -77,6 +100,44 @@ pub(crate) fn fragment<F: Float>(tile: &SharedMemory<Vector<F, Const<8>>>, #[com
     mat
 }
 
+/// One 64-wide step of the plane's `wmma` products, `acc += A[rows wm*64 .., 64] B[64, cols
+/// wn*32 ..]`: `A` from `xs` at vector offset `xbase` (`[rows, 64]`, stride [`LDV64`]), `B` from
+/// `ws` at `wbase`, row stride `ldw` vectors, `n`-major (`w_rows_are_n`: the forward product's
+/// rows of `W`, so `B = W^T`, read column-major) or `k`-major (the backward product's).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn wmma_products<F: Float>(
+    xs: &SharedMemory<Vector<F, Const<8>>>,
+    xbase: usize,
+    ws: &SharedMemory<Vector<F, Const<8>>>,
+    wbase: usize,
+    acc: &Sequence<cmma::Matrix<f32>>,
+    wm: usize,
+    wn: usize,
+    #[comptime] w_rows_are_n: bool,
+    #[comptime] ldw: usize,
+) {
+    let layout = comptime![if w_rows_are_n { cmma::MatrixLayout::ColMajor } else { cmma::MatrixLayout::RowMajor }];
+    // Vector offsets of the plane's two 16-column halves of B, and of the next 16 `k`.
+    let mut b_base = wbase + wn * 4;
+    if comptime![w_rows_are_n] {
+        b_base = wbase + wn * 32 * ldw;
+    }
+    let half_step = comptime![if w_rows_are_n { 16 * ldw } else { 2 }];
+    let kk_step = comptime![if w_rows_are_n { 2 } else { 16 * ldw }];
+    #[unroll]
+    for kk in 0..4usize {
+        let b0 = fragment::<F>(ws, cmma::MatrixIdent::B, layout, b_base + kk * kk_step, comptime![ldw * 8]);
+        let b1 = fragment::<F>(ws, cmma::MatrixIdent::B, layout, b_base + kk * kk_step + half_step, comptime![ldw * 8]);
+        #[unroll]
+        for i in 0..4usize {
+            let a = fragment::<F>(xs, cmma::MatrixIdent::A, cmma::MatrixLayout::RowMajor, xbase + (wm * 64 + i * 16) * LDV64 + kk * 2, comptime![LDV64 * 8]);
+            cmma::execute::<F, F, f32, f32>(&a, &b0, acc.index(i * 2), acc.index(i * 2));
+            cmma::execute::<F, F, f32, f32>(&a, &b1, acc.index(i * 2 + 1), acc.index(i * 2 + 1));
+        }
+    }
+}
+
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm64_kernel<F: Float, W: Size>(
@@ -94,10 +155,12 @@ pub(crate) fn gemm64_kernel<F: Float, W: Size>(
     #[comptime] double: bool,
     #[comptime] rows: usize,
     #[comptime] mma: bool,
+    #[comptime] stages: usize,
 ) {
     // `rows` (128 or 256) tile rows: 2 * rows threads, rows / 64 planes along M by 4 along N;
     // `W` (4 or 2) words per thread of the W loader; `mma`: the tensor-core step by
-    // `ldmatrix` + `mma.sync` (`super::mma`) instead of `wmma`.
+    // `ldmatrix` + `mma.sync` (`super::mma`) instead of `wmma`; `stages` (1 or 2) shared
+    // tile sets (`super::GemmStages`).
     let threads = comptime![2 * rows];
     let codes = 8 * W::value();
     let parts = BK64 / codes;
@@ -106,8 +169,10 @@ pub(crate) fn gemm64_kernel<F: Float, W: Size>(
     if tid < 16 {
         table[tid] = lut[tid];
     }
-    let mut xs = SharedMemory::<Vector<F, Const<8>>>::new_aligned(rows * LDV64, 32usize);
-    let mut ws = SharedMemory::<Vector<F, Const<8>>>::new_aligned(BN * LDV64, 32usize);
+    let x_tile = comptime![rows * LDV64];
+    let w_tile = comptime![BN * LDV64];
+    let mut xs = SharedMemory::<Vector<F, Const<8>>>::new_aligned(comptime![stages * x_tile], 32usize);
+    let mut ws = SharedMemory::<Vector<F, Const<8>>>::new_aligned(comptime![stages * w_tile], 32usize);
     sync_cube();
 
     let plane = tid / 32;
@@ -127,6 +192,7 @@ pub(crate) fn gemm64_kernel<F: Float, W: Size>(
     let gn = n0 + wr;
     let live = gn < n_cols;
     let row_base = gn * k + wq * codes;
+    let w_at = wr * LDV64 + wq * W::value();
 
     let mut x0 = load_a64::<F>(x, m0, m_rows, k, 0, tid, threads, 0usize);
     let mut x1 = load_a64::<F>(x, m0, m_rows, k, 0, tid, threads, 1usize);
@@ -138,15 +204,24 @@ pub(crate) fn gemm64_kernel<F: Float, W: Size>(
         wv = words[row_base / codes];
         scale = block_scale(row_base >> block_shift as usize, absmax, qcodes, lut, offset, double);
     }
+    if comptime![stages == 2] {
+        store_a64::<F>(&mut xs, 0, x0, x1, x2, x3, tid, threads);
+        decode_words::<F, W>(wv, W::value(), scale, &table, &mut ws, w_at);
+        sync_cube();
+    }
 
     let k_tiles = k / BK64;
     for kt in 0..k_tiles {
-        store_a64::<F>(&mut xs, x0, tid, threads, 0usize);
-        store_a64::<F>(&mut xs, x1, tid, threads, 1usize);
-        store_a64::<F>(&mut xs, x2, tid, threads, 2usize);
-        store_a64::<F>(&mut xs, x3, tid, threads, 3usize);
-        decode_words::<F, W>(wv, W::value(), scale, &table, &mut ws, wr * LDV64 + wq * W::value());
-        sync_cube();
+        // One stage: fill the tiles, wait, compute, wait. Two: compute on tile set `kt % 2`
+        // while the other is filled with the next step, one barrier per step.
+        let mut cur = 0usize;
+        if comptime![stages == 1] {
+            store_a64::<F>(&mut xs, 0, x0, x1, x2, x3, tid, threads);
+            decode_words::<F, W>(wv, W::value(), scale, &table, &mut ws, w_at);
+            sync_cube();
+        } else {
+            cur = kt % 2;
+        }
 
         // The next step's loads are in flight during this step's products.
         if kt + 1 < k_tiles {
@@ -163,18 +238,15 @@ pub(crate) fn gemm64_kernel<F: Float, W: Size>(
         }
 
         if comptime![mma] {
-            mma_products::<F>(&xs, &ws, &mut macc, wm, wn, lane, true, LDV64);
+            mma_products::<F>(&xs, cur * x_tile, &ws, cur * w_tile, &mut macc, wm, wn, lane, true, LDV64);
         } else {
-            #[unroll]
-            for kk in 0..4usize {
-                let b0 = fragment::<F>(&ws, cmma::MatrixIdent::B, cmma::MatrixLayout::ColMajor, (wn * 32) * LDV64 + kk * 2, comptime![LDV64 * 8]);
-                let b1 = fragment::<F>(&ws, cmma::MatrixIdent::B, cmma::MatrixLayout::ColMajor, (wn * 32 + 16) * LDV64 + kk * 2, comptime![LDV64 * 8]);
-                #[unroll]
-                for i in 0..4usize {
-                    let a = fragment::<F>(&xs, cmma::MatrixIdent::A, cmma::MatrixLayout::RowMajor, (wm * 64 + i * 16) * LDV64 + kk * 2, comptime![LDV64 * 8]);
-                    cmma::execute::<F, F, f32, f32>(&a, &b0, acc.index(i * 2), acc.index(i * 2));
-                    cmma::execute::<F, F, f32, f32>(&a, &b1, acc.index(i * 2 + 1), acc.index(i * 2 + 1));
-                }
+            wmma_products::<F>(&xs, cur * x_tile, &ws, cur * w_tile, &acc, wm, wn, true, LDV64);
+        }
+        if comptime![stages == 2] {
+            if kt + 1 < k_tiles {
+                let next = 1 - cur;
+                store_a64::<F>(&mut xs, next * x_tile, x0, x1, x2, x3, tid, threads);
+                decode_words::<F, W>(wv, W::value(), scale, &table, &mut ws, next * w_tile + w_at);
             }
         }
         sync_cube();

@@ -4,7 +4,7 @@
 #[cfg(feature = "cuda")]
 mod device {
     use crate::device::{poisoned, read_f32, upload_float, Nf4Device};
-    use crate::gemm::{gemm_into, gemm_into_with, GemmConfig, GemmMma, GemmRows};
+    use crate::gemm::{gemm_into, gemm_into_with, GemmConfig};
     use crate::gemv::reference::matmul_t;
     use crate::testutil::{assert_close, cuda, random_nf4, rng, round_bf16, synthetic_map, uniform};
     use burn_backend::DType;
@@ -16,27 +16,26 @@ mod device {
     /// f16 operands: 2^-12 per rounding.
     const GEMM_F16_REL: f64 = 2e-3;
 
-    /// Every tiling and tensor-core path of the pipelined kernel.
-    const CONFIGS: [GemmConfig; 4] = [
-        GemmConfig { rows: GemmRows::R128, mma: GemmMma::Wmma },
-        GemmConfig { rows: GemmRows::R256, mma: GemmMma::Wmma },
-        GemmConfig { rows: GemmRows::R128, mma: GemmMma::Ldmatrix },
-        GemmConfig { rows: GemmRows::R256, mma: GemmMma::Ldmatrix },
-    ];
 
     #[test]
     fn kernel_matches_reference_on_random_shapes() {
         let Some((client, device)) = cuda() else { return };
         let mut rng = rng("gemm kernel");
         let map = synthetic_map();
-        for case in 0..20 {
+        for case in 0..36 {
             let (dtype, name, bound) = if case % 2 == 0 { (DType::BF16, "GEMM_BF16_REL", GEMM_BF16_REL) } else { (DType::F16, "GEMM_F16_REL", GEMM_F16_REL) };
-            // Partial tiles in M and N. Cases 0..16 take the pipelined kernel (K % 64 == 0),
-            // four cases per configuration; 16..20 the first one (K an odd multiple of 32).
+            // Partial tiles in M and N. Cases 0..32 take the pipelined kernel (K % 64 == 0),
+            // four cases per configuration; 32..36 the first one (K an odd multiple of 32).
             let m = rng.random_range(1..300);
             let n = rng.random_range(1..300);
-            let k = if case < 16 { 64 * rng.random_range(1..20) } else { 32 * (2 * rng.random_range(0..20) + 1) };
-            let config = CONFIGS[(case / 4) % 4];
+            // The first case of each configuration takes a single step of 64 (a prologue and no
+            // refill of the second stage).
+            let k = match case {
+                32.. => 32 * (2 * rng.random_range(0..20) + 1),
+                _ if case % 4 == 0 => 64,
+                _ => 64 * rng.random_range(1..20),
+            };
+            let config = GemmConfig::ALL[(case / 4) % 8];
             let double = rng.random();
             let bs = [32, 64][rng.random_range(0..2)];
             let w = random_nf4(&mut rng, n, k, bs, double, &map);
@@ -62,7 +61,7 @@ mod device {
         let dev = Nf4Device::upload(&client, &device, &w.view(), &map);
         let xd = upload_float(&client, &device, &x, vec![m, k], DType::BF16);
         let reference = matmul_t(&x, m, &w.view());
-        for config in CONFIGS {
+        for config in GemmConfig::ALL {
             let y = poisoned(&client, &device, vec![m, n], DType::BF16);
             gemm_into_with(&xd, &dev, &y, config).unwrap();
             assert_close(&format!("gemm bf16 {config:?} M=300 N=1024 K=1024"), &read_f32(&y), &reference, "GEMM_BF16_REL", GEMM_BF16_REL);

@@ -174,7 +174,8 @@ pub fn gemm_dx_into_with<R: CubeRuntime>(dy: &CubeTensor<R>, w: &Nf4Device<R>, d
         let count = CubeCount::Static(w.k.div_ceil(BN) as u32, m.div_ceil(bm) as u32, 1);
         let words = w.words_arg(wvec);
         let mma = config.mma == crate::gemm::GemmMma::Ldmatrix;
-        launch_nf4_gemm!(gemm_dx64_kernel, NAME, dy.dtype, client, count, CubeDim::new_1d(2 * bm as u32), wvec, dy_arg, words, absmax, qcodes, w.lut_arg(), dx_arg, offset, m, w.n, w.k, shift, double, bm, mma);
+        let stages = config.stages.count();
+        launch_nf4_gemm!(gemm_dx64_kernel, NAME, dy.dtype, client, count, CubeDim::new_1d(2 * bm as u32), wvec, dy_arg, words, absmax, qcodes, w.lut_arg(), dx_arg, offset, m, w.n, w.k, shift, double, bm, mma, stages);
         return Ok(());
     }
     let count = CubeCount::Static(w.k.div_ceil(BN) as u32, m.div_ceil(BM) as u32, 1);

@@ -4,12 +4,13 @@
 //! registers while the tensor cores work on the current step, and shared tiles are written as
 //! 16-byte vectors. The tile height and the tensor-core path are comptime parameters as in
 //! the forward kernel ([`crate::gemm::GemmConfig`]; at 256 rows the W loader takes 16 codes
-//! per thread; `ldmatrix` loads this kernel's `k`-major `W` tile transposed).
+//! per thread; `ldmatrix` loads this kernel's `k`-major `W` tile transposed), and so are the
+//! shared tile stages (two: the next step fills the idle set after the products).
 
 use crate::device::block_scale;
 use crate::gemm::kernel::{store_tile, zero_accumulators_n, BN};
 use crate::gemm::mma::{mma_products, store_mma_tile, zero_mma_accumulators};
-use crate::gemm::pipelined::{decode_words, fragment, load_a64, store_a64, BK64, LDV64};
+use crate::gemm::pipelined::{decode_words, load_a64, store_a64, wmma_products, BK64, LDV64};
 use cubecl::prelude::*;
 
 /// Row stride of the decoded `W[64, 128]` tile, in 8-element vectors (128 + 8 elements).
@@ -32,10 +33,12 @@ pub(crate) fn gemm_dx64_kernel<F: Float, W: Size>(
     #[comptime] double: bool,
     #[comptime] rows: usize,
     #[comptime] mma: bool,
+    #[comptime] stages: usize,
 ) {
     // `rows` (128 or 256) tile rows: 2 * rows threads, rows / 64 planes along M by 4 along K;
     // `W` (4 or 2) words per thread of the W loader; `mma`: the tensor-core step by
-    // `ldmatrix` + `mma.sync` (`crate::gemm::mma`) instead of `wmma`.
+    // `ldmatrix` + `mma.sync` (`crate::gemm::mma`) instead of `wmma`; `stages` (1 or 2)
+    // shared tile sets.
     let threads = comptime![2 * rows];
     let codes = 8 * W::value();
     let segs = BN / codes;
@@ -44,8 +47,10 @@ pub(crate) fn gemm_dx64_kernel<F: Float, W: Size>(
     if tid < 16 {
         table[tid] = lut[tid];
     }
-    let mut gs = SharedMemory::<Vector<F, Const<8>>>::new_aligned(rows * LDV64, 32usize);
-    let mut ws = SharedMemory::<Vector<F, Const<8>>>::new_aligned(BK64 * LDBV, 32usize);
+    let g_tile = comptime![rows * LDV64];
+    let w_tile = comptime![BK64 * LDBV];
+    let mut gs = SharedMemory::<Vector<F, Const<8>>>::new_aligned(comptime![stages * g_tile], 32usize);
+    let mut ws = SharedMemory::<Vector<F, Const<8>>>::new_aligned(comptime![stages * w_tile], 32usize);
     sync_cube();
 
     let plane = tid / 32;
@@ -63,6 +68,7 @@ pub(crate) fn gemm_dx64_kernel<F: Float, W: Size>(
     let wseg = tid % segs;
     let gc = c0 + wseg * codes;
     let live = gc < k;
+    let w_at = wr * LDBV + wseg * W::value();
 
     let mut g0 = load_a64::<F>(dy, m0, m_rows, n, 0, tid, threads, 0usize);
     let mut g1 = load_a64::<F>(dy, m0, m_rows, n, 0, tid, threads, 1usize);
@@ -75,15 +81,22 @@ pub(crate) fn gemm_dx64_kernel<F: Float, W: Size>(
         wv = words[e0 / codes];
         scale = block_scale(e0 >> block_shift as usize, absmax, qcodes, lut, offset, double);
     }
+    if comptime![stages == 2] {
+        store_a64::<F>(&mut gs, 0, g0, g1, g2, g3, tid, threads);
+        decode_words::<F, W>(wv, W::value(), scale, &table, &mut ws, w_at);
+        sync_cube();
+    }
 
     let n_tiles = n / BK64;
     for nt in 0..n_tiles {
-        store_a64::<F>(&mut gs, g0, tid, threads, 0usize);
-        store_a64::<F>(&mut gs, g1, tid, threads, 1usize);
-        store_a64::<F>(&mut gs, g2, tid, threads, 2usize);
-        store_a64::<F>(&mut gs, g3, tid, threads, 3usize);
-        decode_words::<F, W>(wv, W::value(), scale, &table, &mut ws, wr * LDBV + wseg * W::value());
-        sync_cube();
+        let mut cur = 0usize;
+        if comptime![stages == 1] {
+            store_a64::<F>(&mut gs, 0, g0, g1, g2, g3, tid, threads);
+            decode_words::<F, W>(wv, W::value(), scale, &table, &mut ws, w_at);
+            sync_cube();
+        } else {
+            cur = nt % 2;
+        }
 
         if nt + 1 < n_tiles {
             let r0 = (nt + 1) * BK64;
@@ -99,18 +112,15 @@ pub(crate) fn gemm_dx64_kernel<F: Float, W: Size>(
         }
 
         if comptime![mma] {
-            mma_products::<F>(&gs, &ws, &mut macc, wm, wn, lane, false, LDBV);
+            mma_products::<F>(&gs, cur * g_tile, &ws, cur * w_tile, &mut macc, wm, wn, lane, false, LDBV);
         } else {
-            #[unroll]
-            for kk in 0..4usize {
-                let b0 = fragment::<F>(&ws, cmma::MatrixIdent::B, cmma::MatrixLayout::RowMajor, kk * 16 * LDBV + wn * 4, comptime![LDBV * 8]);
-                let b1 = fragment::<F>(&ws, cmma::MatrixIdent::B, cmma::MatrixLayout::RowMajor, kk * 16 * LDBV + wn * 4 + 2, comptime![LDBV * 8]);
-                #[unroll]
-                for i in 0..4usize {
-                    let a = fragment::<F>(&gs, cmma::MatrixIdent::A, cmma::MatrixLayout::RowMajor, (wm * 64 + i * 16) * LDV64 + kk * 2, comptime![LDV64 * 8]);
-                    cmma::execute::<F, F, f32, f32>(&a, &b0, acc.index(i * 2), acc.index(i * 2));
-                    cmma::execute::<F, F, f32, f32>(&a, &b1, acc.index(i * 2 + 1), acc.index(i * 2 + 1));
-                }
+            wmma_products::<F>(&gs, cur * g_tile, &ws, cur * w_tile, &acc, wm, wn, false, LDBV);
+        }
+        if comptime![stages == 2] {
+            if nt + 1 < n_tiles {
+                let next = 1 - cur;
+                store_a64::<F>(&mut gs, next * g_tile, g0, g1, g2, g3, tid, threads);
+                decode_words::<F, W>(wv, W::value(), scale, &table, &mut ws, next * w_tile + w_at);
             }
         }
         sync_cube();

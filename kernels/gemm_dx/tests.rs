@@ -25,7 +25,7 @@ fn reference_is_the_adjoint_of_the_forward_product() {
 #[cfg(feature = "cuda")]
 mod device {
     use crate::device::{poisoned, read_f32, upload_float, Nf4Device};
-    use crate::gemm::{GemmConfig, GemmMma, GemmRows};
+    use crate::gemm::GemmConfig;
     use crate::gemm_dx::{gemm_dx_into, gemm_dx_into_with, reference::matmul_dx};
     use crate::testutil::{assert_close, cuda, random_nf4, rng, round_bf16, synthetic_map, uniform};
     use burn_backend::DType;
@@ -34,28 +34,23 @@ mod device {
     /// bf16 operands, f32 accumulation (see the forward GEMM's bound).
     const GEMM_DX_BF16_REL: f64 = 8e-3;
 
-    /// Every tiling and tensor-core path of the pipelined kernel.
-    const CONFIGS: [GemmConfig; 4] = [
-        GemmConfig { rows: GemmRows::R128, mma: GemmMma::Wmma },
-        GemmConfig { rows: GemmRows::R256, mma: GemmMma::Wmma },
-        GemmConfig { rows: GemmRows::R128, mma: GemmMma::Ldmatrix },
-        GemmConfig { rows: GemmRows::R256, mma: GemmMma::Ldmatrix },
-    ];
 
     #[test]
     fn kernel_matches_reference_on_random_shapes() {
         let Some((client, device)) = cuda() else { return };
         let mut rng = rng("gemm_dx kernel");
         let map = synthetic_map();
-        for case in 0..20 {
-            // Cases 0..16 take the pipelined kernel (N % 64 == 0, K % 32 == 0), four cases per
-            // configuration; 16..20 the first one (N an odd multiple of 32, or K an odd
+        for case in 0..36 {
+            // Cases 0..32 take the pipelined kernel (N % 64 == 0, K % 32 == 0), four cases per
+            // configuration; 32..36 the first one (N an odd multiple of 32, or K an odd
             // multiple of 16).
             let m = rng.random_range(1..300);
-            let config = CONFIGS[(case / 4) % 4];
+            let config = GemmConfig::ALL[(case / 4) % 8];
             let (n, k) = match case {
-                0..16 => (64 * rng.random_range(1..10), 32 * rng.random_range(1..20)),
-                16 | 17 => (32 * (2 * rng.random_range(0..10) + 1), 16 * rng.random_range(1..40)),
+                // One step of 64 first in each configuration.
+                0..32 if case % 4 == 0 => (64, 32 * rng.random_range(1..20)),
+                0..32 => (64 * rng.random_range(1..10), 32 * rng.random_range(1..20)),
+                32 | 33 => (32 * (2 * rng.random_range(0..10) + 1), 16 * rng.random_range(1..40)),
                 _ => (64 * rng.random_range(1..10), 16 * (2 * rng.random_range(0..20) + 1)),
             };
             let double = rng.random();
@@ -83,7 +78,7 @@ mod device {
         let dev = Nf4Device::upload(&client, &device, &w.view(), &map);
         let dyd = upload_float(&client, &device, &dy, vec![m, n], DType::BF16);
         let reference = matmul_dx(&dy, m, &w.view());
-        for config in CONFIGS {
+        for config in GemmConfig::ALL {
             let dx = poisoned(&client, &device, vec![m, k], DType::BF16);
             gemm_dx_into_with(&dyd, &dev, &dx, config).unwrap();
             assert_close(&format!("gemm_dx bf16 {config:?} M=300 N=1024 K=1056"), &read_f32(&dx), &reference, "GEMM_DX_BF16_REL", GEMM_DX_BF16_REL);

@@ -76,27 +76,50 @@ pub enum Nf4Product {
     #[value(name = "fused256-ldmatrix")]
     #[serde(rename = "fused256-ldmatrix")]
     Fused256Ldmatrix,
+    /// As `Fused`, with two sets of shared tiles ([`medqlora_kernels::gemm::GemmStages::Two`]:
+    /// the next step fills one while the tensor cores read the other; one barrier per step).
+    #[value(name = "fused-2stage")]
+    #[serde(rename = "fused-2stage")]
+    Fused2Stage,
+    /// As `Fused256`, with two sets of shared tiles.
+    #[value(name = "fused256-2stage")]
+    #[serde(rename = "fused256-2stage")]
+    Fused256TwoStage,
+    /// As `Fused256Ldmatrix`, with two sets of shared tiles.
+    #[value(name = "fused256-ldmatrix-2stage")]
+    #[serde(rename = "fused256-ldmatrix-2stage")]
+    Fused256Ldmatrix2Stage,
     /// bitsandbytes' way: the NF4 dequantization kernel writes a transient dense weight
     /// (the largest 7B one, 136 MB in bf16), then Burn's autotuned matmul; the weight is
     /// freed after the product (and dequantized again for the backward's `dY W`).
     Dequantize,
 }
 
+impl Nf4Product {
+    /// Every strategy.
+    pub const ALL: [Nf4Product; 7] = [
+        Nf4Product::Fused,
+        Nf4Product::Fused256,
+        Nf4Product::Fused256Ldmatrix,
+        Nf4Product::Fused2Stage,
+        Nf4Product::Fused256TwoStage,
+        Nf4Product::Fused256Ldmatrix2Stage,
+        Nf4Product::Dequantize,
+    ];
+}
+
 static NF4_PRODUCT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 /// Sets how the CUDA backend runs NF4 products from now on (see [`Nf4Product`]).
 pub fn set_nf4_product(product: Nf4Product) {
-    NF4_PRODUCT.store(product as u8, std::sync::atomic::Ordering::Relaxed);
+    let i = Nf4Product::ALL.iter().position(|&p| p == product).unwrap_or(0);
+    NF4_PRODUCT.store(i as u8, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// The strategy [`set_nf4_product`] chose (the default: fused).
 pub fn nf4_product() -> Nf4Product {
-    match NF4_PRODUCT.load(std::sync::atomic::Ordering::Relaxed) {
-        1 => Nf4Product::Fused256,
-        2 => Nf4Product::Fused256Ldmatrix,
-        3 => Nf4Product::Dequantize,
-        _ => Nf4Product::Fused,
-    }
+    let i = NF4_PRODUCT.load(std::sync::atomic::Ordering::Relaxed) as usize;
+    Nf4Product::ALL.get(i).copied().unwrap_or_default()
 }
 
 /// Backends with an NF4 linear product.
@@ -206,12 +229,16 @@ mod cube {
 
     /// The fused kernels' configuration [`nf4_product`] asks for.
     fn config() -> gemm::GemmConfig {
-        use gemm::{GemmConfig, GemmMma, GemmRows};
-        match nf4_product() {
-            Nf4Product::Fused256 => GemmConfig { rows: GemmRows::R256, mma: GemmMma::Wmma },
-            Nf4Product::Fused256Ldmatrix => GemmConfig { rows: GemmRows::R256, mma: GemmMma::Ldmatrix },
-            Nf4Product::Fused | Nf4Product::Dequantize => GemmConfig::default(),
-        }
+        use gemm::{GemmConfig, GemmMma, GemmRows, GemmStages};
+        let (rows, mma, stages) = match nf4_product() {
+            Nf4Product::Fused | Nf4Product::Dequantize => (GemmRows::R128, GemmMma::Wmma, GemmStages::One),
+            Nf4Product::Fused256 => (GemmRows::R256, GemmMma::Wmma, GemmStages::One),
+            Nf4Product::Fused256Ldmatrix => (GemmRows::R256, GemmMma::Ldmatrix, GemmStages::One),
+            Nf4Product::Fused2Stage => (GemmRows::R128, GemmMma::Wmma, GemmStages::Two),
+            Nf4Product::Fused256TwoStage => (GemmRows::R256, GemmMma::Wmma, GemmStages::Two),
+            Nf4Product::Fused256Ldmatrix2Stage => (GemmRows::R256, GemmMma::Ldmatrix, GemmStages::Two),
+        };
+        GemmConfig { rows, mma, stages }
     }
 
     impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> Nf4Backend for CubeBackend<R, F, I, BT> {
