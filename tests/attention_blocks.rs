@@ -79,6 +79,70 @@ fn blocked_attention_gradients_equal_eager_gradients_on_the_cpu() {
     on_every_backend!(run);
 }
 
+/// Each op of every query block at 599 tokens (a 512-row block reading a prefix of the keys,
+/// then an 87-row tail that starts at an offset into q and the mask) as the model runs it,
+/// against the same op on the CPU, fed the same inputs: the narrowed and regrouped queries,
+/// the scores, the masked softmax, the output. A failure names the first op that differs,
+/// which the whole-attention test above cannot (it found Burn's CUDA matmul misreading the
+/// narrowed keys, 2026-12-05).
+#[test]
+fn each_op_of_a_block_equals_the_cpu() {
+    use medqlora::model::attention::{leading_keys, query_blocks};
+    use medqlora::model::softmax::masked_softmax;
+    fn run<B: Backend>(t: common::Target<B>) {
+        type C = medqlora::backend::CpuBackend;
+        let seed: u64 = rand::rng().random();
+        println!("{}: seed {seed}", t.name);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let (kvh, rep, d, s) = (2, 2, 16, 599);
+        let (q, k, v) = (common::bell(&mut rng, kvh * rep * s * d, 1.0), common::bell(&mut rng, kvh * s * d, 1.0), common::bell(&mut rng, kvh * s * d, 1.0));
+        let cpu = Default::default();
+        let bound = if t.name == "cpu" { 1e-6 } else { 1e-3 };
+        let check = |what: String, got: TensorData, want: TensorData| {
+            let e = common::rel_l2(&common::values(&got), &common::values(&want));
+            println!("{}: {what}: relative L2 {e:.2e} (bound {bound:.0e})", t.name);
+            assert!(e.is_finite() && e <= bound, "{}: {what}: relative L2 {e:e} > {bound:e} (seed {seed})", t.name);
+        };
+        let (qg, kg, vg) = (
+            Tensor::<B, 5>::from_data(TensorData::new(q.clone(), [1, kvh, rep, s, d]), &t.device),
+            Tensor::<B, 4>::from_data(TensorData::new(k.clone(), [1, kvh, s, d]), &t.device),
+            Tensor::<B, 4>::from_data(TensorData::new(v.clone(), [1, kvh, s, d]), &t.device),
+        );
+        let (qc, kc, vc) = (
+            Tensor::<C, 5>::from_data(TensorData::new(q, [1, kvh, rep, s, d]), &cpu),
+            Tensor::<C, 4>::from_data(TensorData::new(k, [1, kvh, s, d]), &cpu),
+            Tensor::<C, 4>::from_data(TensorData::new(v, [1, kvh, s, d]), &cpu),
+        );
+        let (mask_g, mask_c) = (causal_mask::<B>(s, 0, &t.device), causal_mask::<C>(s, 0, &cpu));
+        let scale = (d as f64).powf(-0.5);
+        for (r0, n, keys) in query_blocks(s, 0, QUERY_BLOCK) {
+            let block = format!("block of rows {r0}..{} reading {keys} keys", r0 + n);
+            let rows_g = qg.clone().narrow(3, r0, n).reshape([1, kvh, rep * n, d]);
+            let rows_c = qc.clone().narrow(3, r0, n).reshape([1, kvh, rep * n, d]);
+            check(format!("{block}: narrowed queries"), rows_g.clone().into_data(), rows_c.clone().into_data());
+            let scores_c = rows_c.matmul(kc.clone().narrow(2, 0, keys).swap_dims(2, 3));
+            // Burn's matmul on the narrowed view itself, printed only: it is why the model
+            // takes `leading_keys` (0.999 on CUDA at the first block, 2026-12-05).
+            let raw = rows_g.clone().matmul(kg.clone().narrow(2, 0, keys).swap_dims(2, 3));
+            let e = common::rel_l2(&common::values(&raw.into_data()), &common::values(&scores_c.clone().into_data()));
+            println!("{}: {block}: scores on the narrowed view (not the model's path): relative L2 {e:.2e}", t.name);
+            let scores_g = rows_g.matmul(leading_keys(&kg, keys).swap_dims(2, 3));
+            check(format!("{block}: scores"), scores_g.into_data(), scores_c.clone().into_data());
+            // From here each op gets the CPU's inputs, so an error is that op's own.
+            let m_g = mask_g.clone().narrow(3, r0, n).narrow(4, 0, keys);
+            let m_c = mask_c.clone().narrow(3, r0, n).narrow(4, 0, keys);
+            check(format!("{block}: mask"), m_g.clone().int().into_data(), m_c.clone().int().into_data());
+            let probs_c = masked_softmax(scores_c.clone(), m_c, rep, scale);
+            let probs_g = masked_softmax(Tensor::<B, 4>::from_data(scores_c.into_data(), &t.device), m_g, rep, scale);
+            check(format!("{block}: masked softmax"), probs_g.into_data(), probs_c.clone().into_data());
+            let out_c = probs_c.clone().matmul(vc.clone().narrow(2, 0, keys));
+            let out_g = Tensor::<B, 4>::from_data(probs_c.into_data(), &t.device).matmul(leading_keys(&vg, keys));
+            check(format!("{block}: probabilities times values"), out_g.into_data(), out_c.into_data());
+        }
+    }
+    on_every_backend!(run);
+}
+
 /// The tiny fixture model's prefill (`forward_cached` on an empty cache, what the batched
 /// decoder runs) against the CPU's full forward at the batch-decoder test's prompt lengths:
 /// every layer's hidden state, then the last position's logits. Prints each layer's error, so

@@ -10,7 +10,7 @@ LoRA r/alpha on the seven projections, gradient checkpointing, AdamW, one random
 usage: python3 tools/bench_transformers_qlora.py MODEL_DIR [--seq 2048] [--batch 1] [--r 64]
        [--steps 5] [--warmup 2] [--no-nf4] [--optimizer adamw|adamw_8bit]
 """
-import argparse, time, torch
+import argparse, sys, time, torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 from peft import LoraConfig, get_peft_model
 
@@ -54,8 +54,13 @@ for step in range(a.warmup + a.steps):
     ids = torch.randint(0, vocab, (a.batch, a.seq), generator=g).cuda()
     torch.cuda.synchronize(); t = time.time()
     loss = model(input_ids=ids, labels=ids).loss
-    loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+    loss.backward()
+    # Clipped at 1.0 as `medqlora bench train` does; the norm and loss go to stderr per step,
+    # so a run whose numbers break says so next to its speed.
+    norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step(); opt.zero_grad(set_to_none=True)
     torch.cuda.synchronize()
+    print(f"step {step}: loss {loss.item():.4f}, grad norm {norm.item():.4e}", file=sys.stderr)
     if step >= a.warmup:
         times.append(time.time() - t)
 tok_s = a.batch * a.seq * len(times) / sum(times)

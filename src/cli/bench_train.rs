@@ -130,7 +130,9 @@ impl AutodiffTask for Task {
             };
             let after_backward = crate::gpu_runtime::memory(a.device.device);
             // The norm is read back, so every gradient exists when it returns.
-            clip_global_norm(&mut grads, 1.0);
+            let norm = clip_global_norm(&mut grads, 1.0);
+            // The benchmark goes on (its figure is speed), but says where the numbers broke.
+            let broken = if norm.is_finite() { String::new() } else { format!(" (non-finite in {:?})", crate::train::optim::non_finite(&grads)) };
             let backward_done = start.elapsed().as_secs_f64();
             opt.step(grads, 2e-4);
             load_into_model(&mut model, &opt.master);
@@ -141,7 +143,7 @@ impl AutodiffTask for Task {
                 eprintln!("step {step}: gave back the local-memory reserve of {bytes} B/thread that this step's kernels grew");
             }
             eprintln!(
-                "step {step}: loss {:.4}, {:.2}s; memory after backward: {}; after the update: {}",
+                "step {step}: loss {:.4}, grad norm {norm:.4e}{broken}, {:.2}s; memory after backward: {}; after the update: {}",
                 l.nll_sum / l.tokens as f64,
                 secs,
                 gb(after_backward),

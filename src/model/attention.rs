@@ -102,10 +102,20 @@ pub fn attend_causal_ops<B: Backend>(q: Tensor<B, 5>, k: Tensor<B, 4>, v: Tensor
         .into_iter()
         .map(|(r0, n, keys)| {
             let m = mask.clone().narrow(3, r0, n).narrow(4, 0, keys);
-            attend(q.clone().narrow(3, r0, n), k.clone().narrow(2, 0, keys), v.clone().narrow(2, 0, keys), m)
+            attend(q.clone().narrow(3, r0, n), leading_keys(&k, keys), leading_keys(&v, keys), m)
         })
         .collect();
     Tensor::cat(outs, 3)
+}
+
+/// Positions `0..keys` of keys or values `[b, kv_heads, t, d]` for a block's products: a
+/// contiguous copy when they are a strict prefix (see [`super::autodiff_op::contiguous`]: the
+/// narrowed view broke Burn's CUDA matmul).
+pub fn leading_keys<B: Backend>(x: &Tensor<B, 4>, keys: usize) -> Tensor<B, 4> {
+    if keys == x.dims()[2] {
+        return x.clone();
+    }
+    super::autodiff_op::contiguous(x.clone().narrow(2, 0, keys))
 }
 
 /// The query blocks `(first row, rows, keys read)` of a causal attention of `s` queries after

@@ -15,7 +15,7 @@
 //! Used on the autodiff backends the trainer runs ([`super::autodiff_op`]); any other backend
 //! takes the tensor-op version.
 
-use super::attention::attend_causal_ops;
+use super::attention::{attend_causal_ops, leading_keys};
 use super::autodiff_op::{cast, float, on_training_backend, TrainingOp};
 use super::softmax::masked_softmax_backward;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -49,8 +49,8 @@ pub fn attention_backward<B: Backend>(
     let mut dqs = Vec::with_capacity(blocks.len());
     for (r0, n, keys) in blocks {
         let qb = q.clone().narrow(3, r0, n).reshape([b, kvh, rep * n, d]);
-        let kb = k.clone().narrow(2, 0, keys);
-        let vb = v.clone().narrow(2, 0, keys);
+        let kb = leading_keys(&k, keys);
+        let vb = leading_keys(&v, keys);
         let m = mask.clone().narrow(3, r0, n).narrow(4, 0, keys);
         let scores = qb.clone().matmul(kb.clone().swap_dims(2, 3));
         let dob = dout.clone().narrow(3, r0, n).reshape([b, kvh, rep * n, d]);

@@ -27,6 +27,28 @@ pub(crate) fn cast<T: 'static, U: 'static>(t: T) -> Result<U, T> {
     }
 }
 
+/// `t` in memory of its own shape: a copy when `t` is a strided view on the CUDA backend,
+/// `t` itself anywhere else (the CPU backend reads any view correctly).
+///
+/// Why: Burn's CUDA matmul (burn-cubecl 0.21) misread a narrowed view: attention scores
+/// against the first 512 of 599 keys (`k.narrow(2, 0, 512)`, batch stride `599 * d`) came
+/// out at relative L2 0.999 from the CPU's on an H100 (2026-12-05,
+/// `tests/attention_blocks.rs::each_op_of_a_block_equals_the_cpu`).
+pub(crate) fn contiguous<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(feature = "cuda")]
+    {
+        use medqlora_kernels::burn_cubecl::kernel::into_contiguous;
+        use medqlora_kernels::burn_cubecl::tensor::CubeTensor;
+        use medqlora_kernels::cubecl::cuda::CudaRuntime;
+        match cast::<FloatTensor<B>, CubeTensor<CudaRuntime>>(prim(t)) {
+            Ok(c) => float(cast(into_contiguous(c)).unwrap_or_else(|_| unreachable!("a CUDA tensor of B"))),
+            Err(p) => float(p),
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    t
+}
+
 /// An operation with its own backward on `Autodiff<I>` (no checkpointing strategy, the
 /// trainer's).
 pub(crate) trait TrainingOp {

@@ -46,6 +46,19 @@ pub fn global_norm<B: Backend>(grads: &NamedTensors<B>) -> f64 {
     scalar_f64(total).sqrt()
 }
 
+/// The names of the gradients holding a NaN or an infinity (checked only after a non-finite
+/// norm: one read-back per tensor).
+pub fn non_finite<B: Backend>(grads: &NamedTensors<B>) -> Vec<String> {
+    grads
+        .iter()
+        .filter(|&(_, g)| {
+            let bad = g.clone().is_nan().any().int() + g.clone().is_inf().any().int();
+            bad.into_data().convert::<i64>().to_vec::<i64>().map(|v| v.first().copied().unwrap_or(1) > 0).unwrap_or(true)
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
 /// torch's `clip_grad_norm_`: scales every gradient by `max_norm / (norm + 1e-6)` when that
 /// is below one. Returns the norm before clipping.
 pub fn clip_global_norm<B: Backend>(grads: &mut NamedTensors<B>, max_norm: f64) -> f64 {
@@ -225,5 +238,24 @@ mod tests {
         assert!((norm - 5.0).abs() < 1e-6);
         assert!((global_norm(&grads) - 1.0).abs() < 1e-5);
         assert!((clip_global_norm(&mut grads, 10.0) - 1.0).abs() < 1e-5, "no clipping below the max");
+    }
+
+    /// A NaN or an infinity anywhere makes the norm non-finite, and `non_finite` names exactly
+    /// the tensors that hold one.
+    #[test]
+    fn non_finite_gradients_are_named() {
+        let dev = Default::default();
+        let t = |v: Vec<f32>| Tensor::<CpuBackend, 2>::from_data(TensorData::new(v, [2, 2]), &dev);
+        let mut grads: NamedTensors<CpuBackend> = [
+            ("finite".to_string(), t(vec![1.0, -2.0, 3.0, 1e3])),
+            ("nan".to_string(), t(vec![1.0, f32::NAN, 0.0, 0.0])),
+            ("inf".to_string(), t(vec![0.0, 0.0, f32::NEG_INFINITY, 2.0])),
+        ]
+        .into();
+        assert!(!clip_global_norm(&mut grads, 1.0).is_finite());
+        assert_eq!(non_finite(&grads), vec!["inf".to_string(), "nan".to_string()]);
+        grads.remove("nan");
+        grads.remove("inf");
+        assert!(non_finite(&grads).is_empty());
     }
 }

@@ -40,6 +40,8 @@ pub enum TrainError {
     Data(#[from] super::data::PrepareError),
     #[error("loss is {loss} at step {step} (micro-batch of examples {examples:?}); the run stopped. Lower train.lr or check those records; resume from the last checkpoint with --resume")]
     NonFinite { step: usize, loss: f64, examples: Vec<usize> },
+    #[error("the gradient norm is {grad_norm} at step {step} (micro-batch of examples {examples:?}; non-finite in {}{}); the update was not applied and the run stopped. Lower train.lr or check those records; resume from the last checkpoint with --resume", tensors.iter().take(4).cloned().collect::<Vec<_>>().join(", "), if tensors.len() > 4 { format!(" and {} more", tensors.len() - 4) } else { String::new() })]
+    NonFiniteGradient { step: usize, grad_norm: f64, examples: Vec<usize>, tensors: Vec<String> },
     #[error("checkpoint {path} does not fit this recipe: {problem}")]
     Mismatch { path: PathBuf, problem: String },
     #[error(transparent)]
@@ -418,6 +420,11 @@ fn run_on<B: AutodiffBackend>(task: Task<'_>, device: &B::Device, mut group: Opt
         }
         let lr = learning_rate(t, state.step);
         let grad_norm = clip_global_norm(&mut grads, t.max_grad_norm);
+        if !grad_norm.is_finite() {
+            bar.abandon();
+            let tensors = super::optim::non_finite(&grads);
+            return Err(TrainError::NonFiniteGradient { step: state.step + 1, grad_norm, examples: plan.example_ids(), tensors });
+        }
         opt.step(grads, lr);
         load_into_model(&mut model, &opt.master);
         trim.after_step();

@@ -81,6 +81,11 @@ pub enum Nf4Product {
     #[value(name = "fused-2stage")]
     #[serde(rename = "fused-2stage")]
     Fused2Stage,
+    /// As `Fused2Stage`, with the tensor cores fed by `ldmatrix` and `mma.sync` (in two
+    /// stages this fits 128 registers: two cubes per SM, which one stage does not).
+    #[value(name = "fused-ldmatrix-2stage")]
+    #[serde(rename = "fused-ldmatrix-2stage")]
+    FusedLdmatrix2Stage,
     /// As `Fused256`, with two sets of shared tiles.
     #[value(name = "fused256-2stage")]
     #[serde(rename = "fused256-2stage")]
@@ -97,11 +102,12 @@ pub enum Nf4Product {
 
 impl Nf4Product {
     /// Every strategy.
-    pub const ALL: [Nf4Product; 7] = [
+    pub const ALL: [Nf4Product; 8] = [
         Nf4Product::Fused,
         Nf4Product::Fused256,
         Nf4Product::Fused256Ldmatrix,
         Nf4Product::Fused2Stage,
+        Nf4Product::FusedLdmatrix2Stage,
         Nf4Product::Fused256TwoStage,
         Nf4Product::Fused256Ldmatrix2Stage,
         Nf4Product::Dequantize,
@@ -235,6 +241,7 @@ mod cube {
             Nf4Product::Fused256 => (GemmRows::R256, GemmMma::Wmma, GemmStages::One),
             Nf4Product::Fused256Ldmatrix => (GemmRows::R256, GemmMma::Ldmatrix, GemmStages::One),
             Nf4Product::Fused2Stage => (GemmRows::R128, GemmMma::Wmma, GemmStages::Two),
+            Nf4Product::FusedLdmatrix2Stage => (GemmRows::R128, GemmMma::Ldmatrix, GemmStages::Two),
             Nf4Product::Fused256TwoStage => (GemmRows::R256, GemmMma::Wmma, GemmStages::Two),
             Nf4Product::Fused256Ldmatrix2Stage => (GemmRows::R256, GemmMma::Ldmatrix, GemmStages::Two),
         };
