@@ -44,11 +44,12 @@ pub struct GpuRuntimeArgs {
     /// by size (to see where reserved memory goes).
     #[arg(long, global = true, value_name = "FILE")]
     pub memory_log: Option<PathBuf>,
-    /// How CUDA runs 16-bit NF4 products (prefill, training): fused kernels (`fused256`: both
-    /// products in 256-row tiles; `fused256-ldmatrix`: and fed by `ldmatrix` + `mma.sync`),
-    /// or a transient dequantized weight and Burn's autotuned matmul (bitsandbytes' way;
-    /// ~136 MB more memory at the 7B's largest weight).
-    #[arg(long, global = true, value_enum, default_value = "fused")]
+    /// How CUDA runs 16-bit NF4 products (prefill, training): fused kernels (the default
+    /// `fused256-ldmatrix`: 256-row tiles fed by `ldmatrix` + `mma.sync`, the fastest measured;
+    /// `fused`: 128-row tiles and `wmma`; `-2stage`: two shared tile sets), or a transient
+    /// dequantized weight and Burn's autotuned matmul (bitsandbytes' way; ~136 MB more memory
+    /// at the 7B's largest weight).
+    #[arg(long, global = true, value_enum, default_value = "fused256-ldmatrix")]
     pub nf4_product: crate::model::nf4_weight::ops::Nf4Product,
 }
 

@@ -63,8 +63,7 @@ pub struct Nf4Prims<B: Backend> {
 #[serde(rename_all = "lowercase")]
 pub enum Nf4Product {
     /// The fused kernels: tiles of `W` decoded into shared memory feed tensor-core products;
-    /// no dense weight exists in global memory. 128-row tiles of 256 threads.
-    #[default]
+    /// no dense weight exists in global memory. 128-row tiles of 256 threads, `wmma`.
     Fused,
     /// The fused kernels in 256-row tiles of 512 threads, forward and backward
     /// ([`medqlora_kernels::gemm::GemmRows::R256`]: each decoded tile of `W` feeds twice the
@@ -73,6 +72,9 @@ pub enum Nf4Product {
     /// As `Fused256`, with the tensor cores fed by `ldmatrix` and `mma.sync`
     /// ([`medqlora_kernels::gemm::GemmMma::Ldmatrix`]: a fragment per instruction from shared
     /// memory where `wmma` takes four generic loads).
+    /// The default: 1.3-1.5x `Fused`'s forward and 1.5-2x its backward at the 7B shapes, 2,524
+    /// against 1,958 tokens/s for the 7B training step (H100, BENCHMARKS.md, 2026-12-05).
+    #[default]
     #[value(name = "fused256-ldmatrix")]
     #[serde(rename = "fused256-ldmatrix")]
     Fused256Ldmatrix,
@@ -114,7 +116,8 @@ impl Nf4Product {
     ];
 }
 
-static NF4_PRODUCT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+/// Index into [`Nf4Product::ALL`]; past its end until [`set_nf4_product`] runs (the default).
+static NF4_PRODUCT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
 
 /// Sets how the CUDA backend runs NF4 products from now on (see [`Nf4Product`]).
 pub fn set_nf4_product(product: Nf4Product) {
@@ -122,7 +125,7 @@ pub fn set_nf4_product(product: Nf4Product) {
     NF4_PRODUCT.store(i as u8, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// The strategy [`set_nf4_product`] chose (the default: fused).
+/// The strategy [`set_nf4_product`] chose (the default: `fused256-ldmatrix`).
 pub fn nf4_product() -> Nf4Product {
     let i = NF4_PRODUCT.load(std::sync::atomic::Ordering::Relaxed) as usize;
     Nf4Product::ALL.get(i).copied().unwrap_or_default()
