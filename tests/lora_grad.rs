@@ -181,7 +181,8 @@ fn nf4_training_gradients_match_the_dense_path() {
 
 /// The LoRA branch as training runs it (`lora::op::lora_branch`: one autodiff operation; on the
 /// GPU its skinny products are cut into split-K slices: here 512 rows, `in` 1,024 in 4
-/// slices, `out` 512 in 2, the rows in 2) equals autodiff through the plain ops on the CPU in
+/// slices, `out` 512 in 2, the rows in 2; then `down_proj`'s widths, `in` 18,944 in 16
+/// slices of 1,184, whose adapter gradients went NaN in the 7B bench of 2026-12-05) equals autodiff through the plain ops on the CPU in
 /// f32: the output and the gradients of x, A and B, with a dropout mask. Fresh random inputs
 /// each run (seed printed). Bounds: 1e-5 on the CPU (same products, uncut); 1e-2 on CUDA f32
 /// (cubecl's matmul runs f32 at TF32 precision, see `CUDA_F32_LOGITS_TOL`).
@@ -195,39 +196,42 @@ fn lora_branch_matches_the_plain_ops() {
         let seed: u64 = rand::rng().random();
         println!("{}: seed {seed}", t.name);
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let (m, k, n, r, p, s) = (512, 1024, 512, 64, 0.1, 0.25);
-        let mut normal = |len: usize, std: f32| common::bell(&mut rng, len, std);
-        let (x, a, b, w) = (normal(m * k, 1.0), normal(r * k, 0.03), normal(n * r, 0.1), normal(m * n, 1.0));
-        let drop: Vec<bool> = (0..m * k).map(|i| ((i as u64).wrapping_mul(seed | 1) >> 7) % 10 == 0).collect();
-        let data = |v: &Vec<f32>, shape: [usize; 2]| TensorData::new(v.clone(), shape);
+        // down_proj's shape (in 18,944 in 16 slices of 1,184 on the GPU, out 3,584) too, at 512 rows.
+        for (m, k, n) in [(512usize, 1024usize, 512usize), (512, 18944, 3584)] {
+            let (r, p, s) = (64, 0.1, 0.25);
+            let mut normal = |len: usize, std: f32| common::bell(&mut rng, len, std);
+            let (x, a, b, w) = (normal(m * k, 1.0), normal(r * k, 0.03), normal(n * r, 0.1), normal(m * n, 1.0));
+            let drop: Vec<bool> = (0..m * k).map(|i| ((i as u64).wrapping_mul(seed | 1) >> 7) % 10 == 0).collect();
+            let data = |v: &Vec<f32>, shape: [usize; 2]| TensorData::new(v.clone(), shape);
 
-        let ours = {
-            let dev = &t.device;
-            let x = Tensor::<Autodiff<B>, 2>::from_data(data(&x, [m, k]), dev).require_grad();
-            let a = Tensor::<Autodiff<B>, 2>::from_data(data(&a, [r, k]), dev).require_grad();
-            let b = Tensor::<Autodiff<B>, 2>::from_data(data(&b, [n, r]), dev).require_grad();
-            let mask = Tensor::<Autodiff<B>, 2, Bool>::from_data(TensorData::new(drop.clone(), [m, k]), dev);
-            let y = lora_branch(x.clone(), Some(mask), a.clone(), b.clone(), s, p);
-            let g = (y.clone() * Tensor::from_data(data(&w, [m, n]), dev)).sum().backward();
-            [y.inner().into_data(), x.grad(&g).unwrap().into_data(), a.grad(&g).unwrap().into_data(), b.grad(&g).unwrap().into_data()]
-        };
-        let want = {
-            let dev = &Default::default();
-            let x = Tensor::<AD, 2>::from_data(data(&x, [m, k]), dev).require_grad();
-            let a = Tensor::<AD, 2>::from_data(data(&a, [r, k]), dev).require_grad();
-            let b = Tensor::<AD, 2>::from_data(data(&b, [n, r]), dev).require_grad();
-            let mask = Tensor::<AD, 2, Bool>::from_data(TensorData::new(drop.clone(), [m, k]), dev);
-            let xd = x.clone().mask_fill(mask, 0.0).div_scalar(1.0 - p);
-            let y = xd.matmul(a.clone().transpose()).matmul(b.clone().transpose()).mul_scalar(s);
-            let g = (y.clone() * Tensor::from_data(data(&w, [m, n]), dev)).sum().backward();
-            [y.inner().into_data(), x.grad(&g).unwrap().into_data(), a.grad(&g).unwrap().into_data(), b.grad(&g).unwrap().into_data()]
-        };
-        let bound = if t.name == "cpu" { 1e-5 } else { 1e-2 };
-        for (what, got, want) in ["y", "dx", "dA", "dB"].into_iter().zip(&ours).zip(&want).map(|((w, g), e)| (w, g, e)) {
-            let e = rel_l2(&common::values(got), &common::values(want));
-            println!("{}: {what} relative L2 {e:.2e} (bound {bound:.0e})", t.name);
-            assert!(e.is_finite() && e <= bound, "{}: {what} relative L2 {e:e} > {bound:e} (seed {seed})", t.name);
+            let ours = {
+                let dev = &t.device;
+                let x = Tensor::<Autodiff<B>, 2>::from_data(data(&x, [m, k]), dev).require_grad();
+                let a = Tensor::<Autodiff<B>, 2>::from_data(data(&a, [r, k]), dev).require_grad();
+                let b = Tensor::<Autodiff<B>, 2>::from_data(data(&b, [n, r]), dev).require_grad();
+                let mask = Tensor::<Autodiff<B>, 2, Bool>::from_data(TensorData::new(drop.clone(), [m, k]), dev);
+                let y = lora_branch(x.clone(), Some(mask), a.clone(), b.clone(), s, p);
+                let g = (y.clone() * Tensor::from_data(data(&w, [m, n]), dev)).sum().backward();
+                [y.inner().into_data(), x.grad(&g).unwrap().into_data(), a.grad(&g).unwrap().into_data(), b.grad(&g).unwrap().into_data()]
+            };
+            let want = {
+                let dev = &Default::default();
+                let x = Tensor::<AD, 2>::from_data(data(&x, [m, k]), dev).require_grad();
+                let a = Tensor::<AD, 2>::from_data(data(&a, [r, k]), dev).require_grad();
+                let b = Tensor::<AD, 2>::from_data(data(&b, [n, r]), dev).require_grad();
+                let mask = Tensor::<AD, 2, Bool>::from_data(TensorData::new(drop.clone(), [m, k]), dev);
+                let xd = x.clone().mask_fill(mask, 0.0).div_scalar(1.0 - p);
+                let y = xd.matmul(a.clone().transpose()).matmul(b.clone().transpose()).mul_scalar(s);
+                let g = (y.clone() * Tensor::from_data(data(&w, [m, n]), dev)).sum().backward();
+                [y.inner().into_data(), x.grad(&g).unwrap().into_data(), a.grad(&g).unwrap().into_data(), b.grad(&g).unwrap().into_data()]
+            };
+            let bound = if t.name == "cpu" { 1e-5 } else { 1e-2 };
+            for (what, got, want) in ["y", "dx", "dA", "dB"].into_iter().zip(&ours).zip(&want).map(|((w, g), e)| (w, g, e)) {
+                let e = rel_l2(&common::values(got), &common::values(want));
+                println!("{}: in {k}, out {n}: {what} relative L2 {e:.2e} (bound {bound:.0e})", t.name);
+                assert!(e.is_finite() && e <= bound, "{}: in {k}, out {n}: {what} relative L2 {e:e} > {bound:e} (seed {seed})", t.name);
+            }
         }
-    }
+        }
     on_every_backend!(run);
 }
