@@ -40,7 +40,7 @@ pub enum TrainError {
     Data(#[from] super::data::PrepareError),
     #[error("loss is {loss} at step {step} (micro-batch of examples {examples:?}); the run stopped. Lower train.lr or check those records; resume from the last checkpoint with --resume")]
     NonFinite { step: usize, loss: f64, examples: Vec<usize> },
-    #[error("the gradient norm is {grad_norm} at step {step} (micro-batch of examples {examples:?}; non-finite in {}{}); the update was not applied and the run stopped. Lower train.lr or check those records; resume from the last checkpoint with --resume", tensors.iter().take(4).cloned().collect::<Vec<_>>().join(", "), if tensors.len() > 4 { format!(" and {} more", tensors.len() - 4) } else { String::new() })]
+    #[error("the gradient norm is {grad_norm} at step {step} (micro-batch of examples {examples:?}; {}); the update was not applied and the run stopped. Lower train.lr or check those records; resume from the last checkpoint with --resume", where_non_finite(tensors))]
     NonFiniteGradient { step: usize, grad_norm: f64, examples: Vec<usize>, tensors: Vec<String> },
     #[error("checkpoint {path} does not fit this recipe: {problem}")]
     Mismatch { path: PathBuf, problem: String },
@@ -48,6 +48,16 @@ pub enum TrainError {
     Parallel(#[from] ParallelError),
     #[error("rank {rank} of hardware.devices: {source}")]
     Rank { rank: usize, source: Box<TrainError> },
+}
+
+/// Which gradients broke, for [`TrainError::NonFiniteGradient`]: up to four names, or, when no
+/// element is NaN or infinite, that the sum of squares overflowed f32.
+fn where_non_finite(tensors: &[String]) -> String {
+    match tensors.len() {
+        0 => "no element is NaN or infinite: the sum of squares overflowed f32".into(),
+        1..=4 => format!("non-finite in {}", tensors.join(", ")),
+        n => format!("non-finite in {} and {} more", tensors[..4].join(", "), n - 4),
+    }
 }
 
 /// Where `--resume` starts from.

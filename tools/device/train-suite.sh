@@ -24,7 +24,7 @@ summary=()
 for product in ${PRODUCTS:-fused256-ldmatrix fused-ldmatrix-2stage}; do
   r=$(STEPS=3 WARMUP=1 bash tools/device/train-bench.sh mq 7b -- --optimizer adamw_8bit --profile --nf4-product "$product" "${extra[@]}" | grep "^bench train")
   echo "$r"; summary+=("7b, --nf4-product $product: ${r##*| checkpointing true | }")
-  grep -E "^(memory before|profile step 3|step 3:|step 0: gave)" "$OUT/stderr.log" | tail -4 | cut -c1-400
+  grep -E "^(memory before|profile step 3|step [03]:)" "$OUT/stderr.log" | tail -5 | cut -c1-400
 done
 end=$(( $(date +%s) + budget ))
 while read -r test filter; do
