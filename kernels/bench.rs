@@ -173,8 +173,8 @@ pub fn run<R: CubeRuntime>(client: &ComputeClient<R>, device: &R::Device, shapes
             }
             if m >= 2048 {
                 let ys: Vec<CubeTensor<R>> = (0..2).map(|_| empty(&x, vec![m, n], DType::BF16)).collect();
-                // `ALL[0]` is the default, timed above.
-                for config in crate::gemm::GemmConfig::ALL.into_iter().skip(1) {
+                // The default is timed above.
+                for config in crate::gemm::GemmConfig::ALL.into_iter().filter(|c| *c != crate::gemm::GemmConfig::default()) {
                     let what = config.name();
                     let us = time_us(client, 5, |i| crate::gemm::gemm_into_with(&x, &ws[i % copies], &ys[i % 2], config).unwrap());
                     let bytes = wbytes + 2 * (m * k + m * n);
@@ -189,7 +189,7 @@ pub fn run<R: CubeRuntime>(client: &ComputeClient<R>, device: &R::Device, shapes
                 let bytes = wbytes + 2 * (m * k + m * n);
                 let t = flops / us / 1e6;
                 push(BenchRow { op: "nf4 fused gemm dX = dY W".into(), m, n, k, us, gbs: mb(bytes, us), tflops: t, note: format!("{:.0}% of burn bf16 (fwd)", 100.0 * t / burn_tflops) }, &mut rows);
-                for config in crate::gemm::GemmConfig::ALL.into_iter().skip(1) {
+                for config in crate::gemm::GemmConfig::ALL.into_iter().filter(|c| *c != crate::gemm::GemmConfig::default()) {
                     let what = config.name();
                     let us = time_us(client, 5, |i| crate::gemm_dx::gemm_dx_into_with(&dy, &ws[i % copies], &dxs[i % 2], config).unwrap());
                     let t = flops / us / 1e6;
