@@ -182,7 +182,7 @@ fn nf4_training_gradients_match_the_dense_path() {
 /// The LoRA branch as training runs it (`lora::op::lora_branch`: one autodiff operation; on the
 /// GPU its skinny products are cut into split-K slices: here 512 rows, `in` 1,024 in 4
 /// slices, `out` 512 in 2, the rows in 2; then `down_proj`'s widths, `in` 18,944 in 16
-/// slices of 1,184, whose adapter gradients went NaN in the 7B bench of 2026-12-05) equals autodiff through the plain ops on the CPU in
+/// slices of 1,184 until 2026-12-06, when that adapter's gradients went NaN in the 7B bench; now 8 of 2,368) equals autodiff through the plain ops on the CPU in
 /// f32: the output and the gradients of x, A and B, with a dropout mask. Fresh random inputs
 /// each run (seed printed). Bounds: 1e-5 on the CPU (same products, uncut); 1e-2 on CUDA f32
 /// (cubecl's matmul runs f32 at TF32 precision, see `CUDA_F32_LOGITS_TOL`).
@@ -196,7 +196,7 @@ fn lora_branch_matches_the_plain_ops() {
         let seed: u64 = rand::rng().random();
         println!("{}: seed {seed}", t.name);
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        // down_proj's shape (in 18,944 in 16 slices of 1,184 on the GPU, out 3,584) too, at 512 rows.
+        // down_proj's shape (in 18,944 in 8 slices of 2,368 on the GPU, out 3,584) too, at 512 rows.
         for (m, k, n) in [(512usize, 1024usize, 512usize), (512, 18944, 3584)] {
             let (r, p, s) = (64, 0.1, 0.25);
             let mut normal = |len: usize, std: f32| common::bell(&mut rng, len, std);

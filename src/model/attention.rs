@@ -143,10 +143,36 @@ pub fn query_blocks(s: usize, seen: usize, block: usize) -> Vec<(usize, usize, u
     (0..s).step_by(block).map(|r0| (r0, block.min(s - r0), seen + (r0 + block).min(s))).collect()
 }
 
+/// A block's key axis is padded to a multiple of this many positions for its products.
+///
+/// Why: Burn's CUDA matmul gave wrong scores for a query block against all 599 keys of a
+/// 599-token sequence (relative L2 0.997 against the CPU on an H100, 2026-12-06,
+/// `tests/attention_blocks.rs`), where blocks against 87 and 512 keys were right (the same
+/// layouts, contiguous keys, read transposed). Padded keys and values are zeros and the mask
+/// hides them, so every row's softmax and output are unchanged; the training shapes (2,048
+/// tokens: blocks against 1,024 and 2,048 keys) need no padding.
+pub const KEY_ALIGN: usize = 64;
+
+/// `k, v: [b, kvh, t, d]` and `mask: [_, 1, 1, n, t]` with the key axis `t` padded to a
+/// multiple of [`KEY_ALIGN`] (zero keys and values, hidden); unchanged when it is one.
+pub fn pad_keys<B: Backend>(k: Tensor<B, 4>, v: Tensor<B, 4>, mask: Tensor<B, 5, Bool>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 5, Bool>) {
+    let [b, kvh, t, d] = k.dims();
+    let pad = t.next_multiple_of(KEY_ALIGN) - t;
+    if pad == 0 {
+        return (k, v, mask);
+    }
+    let dev = k.device();
+    let zeros = Tensor::<B, 4>::zeros([b, kvh, pad, d], (&dev, k.dtype()));
+    let [mb, _, _, n, _] = mask.dims();
+    let hidden = Tensor::<B, 5, Bool>::ones([mb, 1, 1, n, pad], &dev);
+    (Tensor::cat(vec![k, zeros.clone()], 2), Tensor::cat(vec![v, zeros], 2), Tensor::cat(vec![mask, hidden], 4))
+}
+
 /// Eager attention of one block: `q: [b, kvh, rep, n, d]`, `k, v: [b, kvh, t, d]`,
 /// `mask: [_, 1, 1, n, t]` -> `[b, kvh, rep, n, d]`.
 fn attend<B: Backend>(q: Tensor<B, 5>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: Tensor<B, 5, Bool>) -> Tensor<B, 5> {
     let [b, kvh, rep, n, d] = q.dims();
+    let (k, v, mask) = pad_keys(k, v, mask);
     let scores = q.reshape([b, kvh, rep * n, d]).matmul(k.swap_dims(2, 3));
     let probs = masked_softmax(scores, mask, rep, (d as f64).powf(-0.5));
     probs.matmul(v).reshape([b, kvh, rep, n, d])

@@ -15,7 +15,7 @@
 //! Used on the autodiff backends the trainer runs ([`super::autodiff_op`]); any other backend
 //! takes the tensor-op version.
 
-use super::attention::{attend_causal_ops, leading_keys};
+use super::attention::{attend_causal_ops, leading_keys, pad_keys};
 use super::autodiff_op::{cast, float, on_training_backend, TrainingOp};
 use super::softmax::masked_softmax_backward;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -49,16 +49,16 @@ pub fn attention_backward<B: Backend>(
     let mut dqs = Vec::with_capacity(blocks.len());
     for (r0, n, keys) in blocks {
         let qb = q.clone().narrow(3, r0, n).reshape([b, kvh, rep * n, d]);
-        let kb = leading_keys(&k, keys);
-        let vb = leading_keys(&v, keys);
-        let m = mask.clone().narrow(3, r0, n).narrow(4, 0, keys);
+        // Padded keys (see `KEY_ALIGN`) get gradients that are cut off below.
+        let (kb, vb, m) = pad_keys(leading_keys(&k, keys), leading_keys(&v, keys), mask.clone().narrow(3, r0, n).narrow(4, 0, keys));
         let scores = qb.clone().matmul(kb.clone().swap_dims(2, 3));
         let dob = dout.clone().narrow(3, r0, n).reshape([b, kvh, rep * n, d]);
         let dp = dob.clone().matmul(vb.swap_dims(2, 3));
         let (pd, ds) = masked_softmax_backward(scores, dp, m, rep, scale);
         let dvb = pd.swap_dims(2, 3).matmul(dob);
         dqs.push(ds.clone().matmul(kb).reshape([b, kvh, rep, n, d]));
-        let dkb = ds.swap_dims(2, 3).matmul(qb);
+        let dkb = ds.swap_dims(2, 3).matmul(qb).narrow(2, 0, keys);
+        let dvb = dvb.narrow(2, 0, keys);
         let range = [0..b, 0..kvh, 0..keys, 0..d];
         dk = dk.clone().slice_assign(range.clone(), dk.slice(range.clone()) + dkb);
         dv = dv.clone().slice_assign(range.clone(), dv.slice(range) + dvb);
