@@ -1,8 +1,9 @@
 //! Query-block attention on every backend against one block over the whole sequence on the
 //! CPU (eager attention), at the tiny fixture model's head shape (2 kv heads x 2, head dim 16)
 //! and the prompt lengths of `tests/eval.rs::batch_decoder_logits_equal_full_forwards`, whose
-//! CUDA run fails at a 599-token prefill: this localizes whether attention's blocks are where
-//! the CUDA prefill goes wrong. Lengths cover one block (87, 512), a 512-row block plus a tail
+//! CUDA run failed at a 599-token prefill: these tests found Burn's CUDA matmul misreading a
+//! block's keys there (fixed by `attention::leading_keys` and `attention::pad_keys`; on an
+//! H100 on 2026-12-06 the forward matched at every length below). Lengths cover one block (87, 512), a 512-row block plus a tail
 //! (599, 1,001), and the three equal blocks (600, 1,024). Fresh random inputs each run. On
 //! CUDA the blocks' softmax and its gradient are the fused kernels (`model::softmax`), so these
 //! tests also check them in the model's layout against the CPU's tensor ops. The last test

@@ -181,8 +181,9 @@ fn nf4_training_gradients_match_the_dense_path() {
 
 /// The LoRA branch as training runs it (`lora::op::lora_branch`: one autodiff operation; on the
 /// GPU its skinny products are cut into split-K slices: here 512 rows, `in` 1,024 in 4
-/// slices, `out` 512 in 2, the rows in 2; then `down_proj`'s widths, `in` 18,944 in 16
-/// slices of 1,184 until 2026-12-06, when that adapter's gradients went NaN in the 7B bench; now 8 of 2,368) equals autodiff through the plain ops on the CPU in
+/// slices, `out` 512 in 2, the rows in 2; then `down_proj`'s widths, `in` 18,944 in 8
+/// slices of 2,368 (16 of 1,184 before 2026-12-06, when that adapter's gradients went NaN in
+/// the 7B bench)) equals autodiff through the plain ops on the CPU in
 /// f32: the output and the gradients of x, A and B, with a dropout mask. Fresh random inputs
 /// each run (seed printed). Bounds: 1e-5 on the CPU (same products, uncut); 1e-2 on CUDA f32
 /// (cubecl's matmul runs f32 at TF32 precision, see `CUDA_F32_LOGITS_TOL`).

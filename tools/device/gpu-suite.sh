@@ -3,7 +3,8 @@
 # (and bitsandbytes' wheel in .whl/): the CUDA test binaries, the bitsandbytes fixtures, then
 # the generate benchmarks (medqlora and transformers in the same session, random weights of
 # the real 0.5B shape). Logs and fixtures go to $OUT; a short table is printed last.
-# Which test binaries run, each with an optional name filter: tools/device/gpu-tests.txt.
+# Which test binaries run, each with an optional name filter: tools/device/gpu-tests.txt
+# (those not yet seen passing on a GPU first, as a call may run out of time).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 bin=/tmp/mq; mkdir -p $bin
