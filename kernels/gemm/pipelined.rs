@@ -211,45 +211,66 @@ pub(crate) fn gemm64_kernel<F: Float, W: Size>(
     }
 
     let k_tiles = k / BK64;
-    for kt in 0..k_tiles {
-        // One stage: fill the tiles, wait, compute, wait. Two: compute on tile set `kt % 2`
-        // while the other is filled with the next step, one barrier per step.
-        let mut cur = 0usize;
-        if comptime![stages == 1] {
-            store_a64::<F>(&mut xs, 0, x0, x1, x2, x3, tid, threads);
-            decode_words::<F, W>(wv, W::value(), scale, &table, &mut ws, w_at);
-            sync_cube();
-        } else {
-            cur = kt % 2;
-        }
+    // Two stages: the step is unrolled once per tile set, so each copy reads and fills its set
+    // at compile-time offsets (with `kt % 2` they were computed at run time: 345 against 317
+    // instructions per step at 256 rows, `tools/sass-loop.sh`). One stage: one copy.
+    // (`wmma` keeps the run-time set: unrolled, its 128-row cube took 170 registers, one cube
+    // per SM instead of two.)
+    let copies = comptime![if mma { stages } else { 1usize }];
+    let rounds = if comptime![copies == 2] { (k_tiles + 1) / 2 } else { k_tiles };
+    for round in 0..rounds {
+        #[unroll]
+        for copy in 0..copies {
+            let kt = round * copies + copy;
+            let mut cur = 0usize;
+            if comptime![copies == 2] {
+                cur = copy;
+            }
+            if comptime![stages == 2 && copies == 1] {
+                cur = kt % 2;
+            }
+            let mut step = true;
+            if comptime![copies == 2] {
+                step = kt < k_tiles;
+            }
+            if step {
+                // One stage: fill the tiles, wait, compute, wait. Two: compute on tile set `cur`
+                // while the other is filled with the next step, one barrier per step.
+                if comptime![stages == 1] {
+                    store_a64::<F>(&mut xs, 0, x0, x1, x2, x3, tid, threads);
+                    decode_words::<F, W>(wv, W::value(), scale, &table, &mut ws, w_at);
+                    sync_cube();
+                }
 
-        // The next step's loads are in flight during this step's products.
-        if kt + 1 < k_tiles {
-            let k0 = (kt + 1) * BK64;
-            x0 = load_a64::<F>(x, m0, m_rows, k, k0, tid, threads, 0usize);
-            x1 = load_a64::<F>(x, m0, m_rows, k, k0, tid, threads, 1usize);
-            x2 = load_a64::<F>(x, m0, m_rows, k, k0, tid, threads, 2usize);
-            x3 = load_a64::<F>(x, m0, m_rows, k, k0, tid, threads, 3usize);
-            if live {
-                let e0 = row_base + k0;
-                wv = words[e0 / codes];
-                scale = block_scale(e0 >> block_shift as usize, absmax, qcodes, lut, offset, double);
+                // The next step's loads are in flight during this step's products.
+                if kt + 1 < k_tiles {
+                    let k0 = (kt + 1) * BK64;
+                    x0 = load_a64::<F>(x, m0, m_rows, k, k0, tid, threads, 0usize);
+                    x1 = load_a64::<F>(x, m0, m_rows, k, k0, tid, threads, 1usize);
+                    x2 = load_a64::<F>(x, m0, m_rows, k, k0, tid, threads, 2usize);
+                    x3 = load_a64::<F>(x, m0, m_rows, k, k0, tid, threads, 3usize);
+                    if live {
+                        let e0 = row_base + k0;
+                        wv = words[e0 / codes];
+                        scale = block_scale(e0 >> block_shift as usize, absmax, qcodes, lut, offset, double);
+                    }
+                }
+
+                if comptime![mma] {
+                    mma_products::<F>(&xs, cur * x_tile, &ws, cur * w_tile, &mut macc, wm, wn, lane, true, LDV64);
+                } else {
+                    wmma_products::<F>(&xs, cur * x_tile, &ws, cur * w_tile, &acc, wm, wn, true, LDV64);
+                }
+                if comptime![stages == 2] {
+                    if kt + 1 < k_tiles {
+                        let next = 1 - cur;
+                        store_a64::<F>(&mut xs, next * x_tile, x0, x1, x2, x3, tid, threads);
+                        decode_words::<F, W>(wv, W::value(), scale, &table, &mut ws, next * w_tile + w_at);
+                    }
+                }
+                sync_cube();
             }
         }
-
-        if comptime![mma] {
-            mma_products::<F>(&xs, cur * x_tile, &ws, cur * w_tile, &mut macc, wm, wn, lane, true, LDV64);
-        } else {
-            wmma_products::<F>(&xs, cur * x_tile, &ws, cur * w_tile, &acc, wm, wn, true, LDV64);
-        }
-        if comptime![stages == 2] {
-            if kt + 1 < k_tiles {
-                let next = 1 - cur;
-                store_a64::<F>(&mut xs, next * x_tile, x0, x1, x2, x3, tid, threads);
-                decode_words::<F, W>(wv, W::value(), scale, &table, &mut ws, next * w_tile + w_at);
-            }
-        }
-        sync_cube();
     }
     if comptime![mma] {
         store_mma_tile::<F>(&macc, y, m0 + wm * 64, n0 + wn * 32, m_rows, n_cols, lane);

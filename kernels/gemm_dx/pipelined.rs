@@ -88,42 +88,61 @@ pub(crate) fn gemm_dx64_kernel<F: Float, W: Size>(
     }
 
     let n_tiles = n / BK64;
-    for nt in 0..n_tiles {
-        let mut cur = 0usize;
-        if comptime![stages == 1] {
-            store_a64::<F>(&mut gs, 0, g0, g1, g2, g3, tid, threads);
-            decode_words::<F, W>(wv, W::value(), scale, &table, &mut ws, w_at);
-            sync_cube();
-        } else {
-            cur = nt % 2;
-        }
+    // Two stages unrolled once per tile set, as in the forward kernel (`gemm::pipelined`).
+    // (`wmma` keeps the run-time set: unrolled, its 128-row cube took 170 registers, one cube
+    // per SM instead of two.)
+    let copies = comptime![if mma { stages } else { 1usize }];
+    let rounds = if comptime![copies == 2] { (n_tiles + 1) / 2 } else { n_tiles };
+    for round in 0..rounds {
+        #[unroll]
+        for copy in 0..copies {
+            let nt = round * copies + copy;
+            let mut cur = 0usize;
+            if comptime![copies == 2] {
+                cur = copy;
+            }
+            if comptime![stages == 2 && copies == 1] {
+                cur = nt % 2;
+            }
+            let mut step = true;
+            if comptime![copies == 2] {
+                step = nt < n_tiles;
+            }
+            if step {
+                if comptime![stages == 1] {
+                    store_a64::<F>(&mut gs, 0, g0, g1, g2, g3, tid, threads);
+                    decode_words::<F, W>(wv, W::value(), scale, &table, &mut ws, w_at);
+                    sync_cube();
+                }
 
-        if nt + 1 < n_tiles {
-            let r0 = (nt + 1) * BK64;
-            g0 = load_a64::<F>(dy, m0, m_rows, n, r0, tid, threads, 0usize);
-            g1 = load_a64::<F>(dy, m0, m_rows, n, r0, tid, threads, 1usize);
-            g2 = load_a64::<F>(dy, m0, m_rows, n, r0, tid, threads, 2usize);
-            g3 = load_a64::<F>(dy, m0, m_rows, n, r0, tid, threads, 3usize);
-            if live {
-                let e0 = (r0 + wr) * k + gc;
-                wv = words[e0 / codes];
-                scale = block_scale(e0 >> block_shift as usize, absmax, qcodes, lut, offset, double);
+                if nt + 1 < n_tiles {
+                    let r0 = (nt + 1) * BK64;
+                    g0 = load_a64::<F>(dy, m0, m_rows, n, r0, tid, threads, 0usize);
+                    g1 = load_a64::<F>(dy, m0, m_rows, n, r0, tid, threads, 1usize);
+                    g2 = load_a64::<F>(dy, m0, m_rows, n, r0, tid, threads, 2usize);
+                    g3 = load_a64::<F>(dy, m0, m_rows, n, r0, tid, threads, 3usize);
+                    if live {
+                        let e0 = (r0 + wr) * k + gc;
+                        wv = words[e0 / codes];
+                        scale = block_scale(e0 >> block_shift as usize, absmax, qcodes, lut, offset, double);
+                    }
+                }
+
+                if comptime![mma] {
+                    mma_products::<F>(&gs, cur * g_tile, &ws, cur * w_tile, &mut macc, wm, wn, lane, false, LDBV);
+                } else {
+                    wmma_products::<F>(&gs, cur * g_tile, &ws, cur * w_tile, &acc, wm, wn, false, LDBV);
+                }
+                if comptime![stages == 2] {
+                    if nt + 1 < n_tiles {
+                        let next = 1 - cur;
+                        store_a64::<F>(&mut gs, next * g_tile, g0, g1, g2, g3, tid, threads);
+                        decode_words::<F, W>(wv, W::value(), scale, &table, &mut ws, next * w_tile + w_at);
+                    }
+                }
+                sync_cube();
             }
         }
-
-        if comptime![mma] {
-            mma_products::<F>(&gs, cur * g_tile, &ws, cur * w_tile, &mut macc, wm, wn, lane, false, LDBV);
-        } else {
-            wmma_products::<F>(&gs, cur * g_tile, &ws, cur * w_tile, &acc, wm, wn, false, LDBV);
-        }
-        if comptime![stages == 2] {
-            if nt + 1 < n_tiles {
-                let next = 1 - cur;
-                store_a64::<F>(&mut gs, next * g_tile, g0, g1, g2, g3, tid, threads);
-                decode_words::<F, W>(wv, W::value(), scale, &table, &mut ws, next * w_tile + w_at);
-            }
-        }
-        sync_cube();
     }
     if comptime![mma] {
         store_mma_tile::<F>(&macc, dx, m0 + wm * 64, c0 + wn * 32, m_rows, k, lane);
