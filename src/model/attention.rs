@@ -95,14 +95,15 @@ pub fn attend_causal_ops<B: Backend>(q: Tensor<B, 5>, k: Tensor<B, 4>, v: Tensor
     let [_, _, _, s, _] = q.dims();
     let t = k.dims()[2];
     let blocks = query_blocks(s, t - s, block);
-    if blocks.len() == 1 {
-        return attend(q, k, v, mask.clone());
+    if let [(_, _, keys)] = blocks[..] {
+        let (k, v, m) = block_keys(&k, &v, mask, 0, s, keys);
+        return attend(q, k, v, m);
     }
     let outs: Vec<Tensor<B, 5>> = blocks
         .into_iter()
         .map(|(r0, n, keys)| {
-            let m = mask.clone().narrow(3, r0, n).narrow(4, 0, keys);
-            attend(q.clone().narrow(3, r0, n), leading_keys(&k, keys), leading_keys(&v, keys), m)
+            let (kb, vb, m) = block_keys(&k, &v, mask, r0, n, keys);
+            attend(q.clone().narrow(3, r0, n), kb, vb, m)
         })
         .collect();
     Tensor::cat(outs, 3)
@@ -168,11 +169,18 @@ pub fn pad_keys<B: Backend>(k: Tensor<B, 4>, v: Tensor<B, 4>, mask: Tensor<B, 5,
     (Tensor::cat(vec![k, zeros.clone()], 2), Tensor::cat(vec![v, zeros], 2), Tensor::cat(vec![mask, hidden], 4))
 }
 
+/// What the block of query rows `r0 .. r0 + n` multiplies, from `k, v: [b, kvh, t, d]` and
+/// `mask: [_, 1, 1, s, t]`: keys and values `0..keys` ([`leading_keys`]) and the block's mask,
+/// all padded to a multiple of [`KEY_ALIGN`] positions ([`pad_keys`]). The forward and the
+/// backward ([`super::attention_grad`]) take a block's operands only from here.
+pub fn block_keys<B: Backend>(k: &Tensor<B, 4>, v: &Tensor<B, 4>, mask: &Tensor<B, 5, Bool>, r0: usize, n: usize, keys: usize) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 5, Bool>) {
+    pad_keys(leading_keys(k, keys), leading_keys(v, keys), mask.clone().narrow(3, r0, n).narrow(4, 0, keys))
+}
+
 /// Eager attention of one block: `q: [b, kvh, rep, n, d]`, `k, v: [b, kvh, t, d]`,
-/// `mask: [_, 1, 1, n, t]` -> `[b, kvh, rep, n, d]`.
+/// `mask: [_, 1, 1, n, t]` ([`block_keys`]) -> `[b, kvh, rep, n, d]`.
 fn attend<B: Backend>(q: Tensor<B, 5>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: Tensor<B, 5, Bool>) -> Tensor<B, 5> {
     let [b, kvh, rep, n, d] = q.dims();
-    let (k, v, mask) = pad_keys(k, v, mask);
     let scores = q.reshape([b, kvh, rep * n, d]).matmul(k.swap_dims(2, 3));
     let probs = masked_softmax(scores, mask, rep, (d as f64).powf(-0.5));
     probs.matmul(v).reshape([b, kvh, rep, n, d])

@@ -15,7 +15,7 @@
 //! Used on the autodiff backends the trainer runs ([`super::autodiff_op`]); any other backend
 //! takes the tensor-op version.
 
-use super::attention::{attend_causal_ops, leading_keys, pad_keys};
+use super::attention::{attend_causal_ops, block_keys};
 use super::autodiff_op::{cast, float, on_training_backend, TrainingOp};
 use super::softmax::masked_softmax_backward;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -50,7 +50,7 @@ pub fn attention_backward<B: Backend>(
     for (r0, n, keys) in blocks {
         let qb = q.clone().narrow(3, r0, n).reshape([b, kvh, rep * n, d]);
         // Padded keys (see `KEY_ALIGN`) get gradients that are cut off below.
-        let (kb, vb, m) = pad_keys(leading_keys(&k, keys), leading_keys(&v, keys), mask.clone().narrow(3, r0, n).narrow(4, 0, keys));
+        let (kb, vb, m) = block_keys(&k, &v, &mask, r0, n, keys);
         let scores = qb.clone().matmul(kb.clone().swap_dims(2, 3));
         let dob = dout.clone().narrow(3, r0, n).reshape([b, kvh, rep * n, d]);
         let dp = dob.clone().matmul(vb.swap_dims(2, 3));
