@@ -124,7 +124,7 @@ macro_rules! each_float {
 /// the macro's order: the `Size` generics' values first, then the `#[comptime]` parameters as
 /// declared (several are `usize`, so the compiler cannot catch a swap: keep this order).
 pub fn variants<R: Runtime>(client: &ComputeClient<R>) -> Vec<Variant> {
-    use crate::{adamw8, dequant, gemm, gemm_dx, gemv, rmsnorm, softmax, swiglu};
+    use crate::{adamw8, dequant, dropout, gemm, gemm_dx, gemv, rmsnorm, softmax, swiglu};
     let c = || client.clone();
     let mut out = Vec::new();
     out.push(variant("adamw8".into(), adamw8::kernel::adamw8_kernel::Adamw8Kernel::<R>::new(settings(256), c(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), ())));
@@ -158,6 +158,8 @@ pub fn variants<R: Runtime>(client: &ComputeClient<R>) -> Vec<Variant> {
             let v = format!("{t} x{vector}");
             out.push(variant(format!("swiglu {v}"), swiglu::kernel::swiglu_forward_kernel::SwigluForwardKernel::<F, R>::new(settings(256), c(), arr(), arr(), arr(), (), vector)));
             out.push(variant(format!("swiglu backward {v}"), swiglu::kernel::swiglu_backward_kernel::SwigluBackwardKernel::<F, R>::new(settings(256), c(), arr(), arr(), arr(), arr(), arr(), (), vector)));
+            out.push(variant(format!("dropout {v}"), dropout::kernel::dropout_kernel::DropoutKernel::<F, R>::new(settings(256), c(), arr(), arr(), arr(), (), (), (), vector)));
+            out.push(variant(format!("dropout split {v}"), dropout::kernel::dropout_split_kernel::DropoutSplitKernel::<F, R>::new(settings(256), c(), arr(), arr(), arr(), (), (), (), (), (), (), vector)));
             out.push(variant(format!("rmsnorm {v}"), rmsnorm::kernel::rmsnorm_forward_kernel::RmsnormForwardKernel::<F, R>::new(settings(rows), c(), arr(), arr(), arr(), (), (), (), (), vector)));
             out.push(variant(format!("rmsnorm backward {v}"), rmsnorm::kernel::rmsnorm_backward_kernel::RmsnormBackwardKernel::<F, R>::new(settings(rows), c(), arr(), arr(), arr(), arr(), (), (), (), (), vector)));
             // CUDA stores Burn's bools as u8, wgpu as u32.

@@ -249,6 +249,71 @@ macro_rules! with_float {
 }
 pub(crate) use with_float;
 
+// Element-wise kernels (SwiGLU, dropout): one thread per vector of up to 16 bytes.
+
+/// The operands' common element count and vector width, after checking that every tensor is
+/// contiguous, of `like`'s shape and dtype (f32, bf16 or f16). The width is the largest of
+/// 16 bytes' worth, 4, 2, 1 elements that divides the length and every handle's offset (a
+/// narrowed tensor may start mid-allocation), so any length is taken.
+fn elementwise_check<R: CubeRuntime>(kernel: &'static str, like: &CubeTensor<R>, operands: &[(&str, &CubeTensor<R>)]) -> Result<(usize, usize), KernelError> {
+    if !matches!(like.dtype, DType::F32 | DType::BF16 | DType::F16) {
+        return Err(KernelError::Dtype { kernel, dtype: like.dtype });
+    }
+    let shape = like.meta.shape();
+    let elem = like.dtype.size();
+    let mut vector = 16 / elem;
+    let n = numel(like);
+    for (name, t) in operands {
+        let dims: Vec<usize> = t.meta.shape().iter().copied().collect();
+        if t.meta.shape() != shape || t.dtype != like.dtype || !t.is_contiguous() {
+            let want: Vec<usize> = shape.iter().copied().collect();
+            let what = format!(
+                "{name} is {:?} {dims:?} (contiguous: {}), expected contiguous {:?} {want:?}",
+                t.dtype,
+                t.is_contiguous(),
+                like.dtype
+            );
+            return Err(KernelError::Shape { kernel, what });
+        }
+        let offset = t.handle.offset_start.unwrap_or(0) as usize;
+        if offset % elem != 0 {
+            return Err(KernelError::Shape { kernel, what: format!("{name} starts at byte {offset}, not a whole {:?} element", t.dtype) });
+        }
+        while n % vector != 0 || (offset / elem) % vector != 0 {
+            vector /= 2;
+        }
+    }
+    Ok((n, vector))
+}
+
+/// One launch over the operands: vectors, their width, and the grid (256 threads a cube).
+pub(crate) struct ElementwiseLaunch {
+    /// Vectors to process (one thread each).
+    pub(crate) vectors: usize,
+    /// Elements per vector.
+    pub(crate) vector: usize,
+    /// Cubes of the launch.
+    pub(crate) count: CubeCount,
+    /// Threads per cube.
+    pub(crate) dim: CubeDim,
+}
+
+/// [`elementwise_check`]ed operands' launch, or `None` for empty tensors (nothing to launch).
+pub(crate) fn elementwise_plan<R: CubeRuntime>(kernel: &'static str, like: &CubeTensor<R>, operands: &[(&str, &CubeTensor<R>)]) -> Result<Option<ElementwiseLaunch>, KernelError> {
+    let (n, vector) = elementwise_check(kernel, like, operands)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let vectors = n / vector;
+    let dim = CubeDim::new_1d(256);
+    Ok(Some(ElementwiseLaunch { vectors, vector, count: cubecl::calculate_cube_count_elemwise(&like.client, vectors, dim), dim }))
+}
+
+/// `t` as an array of `vectors` vectors (the width is the launch's).
+pub(crate) fn vector_arg<R: CubeRuntime>(t: &CubeTensor<R>, vectors: usize) -> ArrayArg<R> {
+    unsafe { ArrayArg::from_raw_parts(t.handle.clone(), vectors) }
+}
+
 /// Number of elements of a device tensor (by shape).
 pub(crate) fn numel<R: CubeRuntime>(t: &CubeTensor<R>) -> usize {
     t.meta.shape().num_elements()

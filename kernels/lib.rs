@@ -16,6 +16,7 @@
 //!   shared memory feeding tensor-core (cmma) instructions, f32 accumulation;
 //! - [`gemm_dx`]: the backward product `dX[M, K] = dY[M, N] W` of the frozen weight;
 //! - [`adamw8`]: the 8-bit blockwise AdamW step (bitsandbytes' `AdamW8bit`) for the adapters;
+//! - [`dropout`]: inverted dropout whose mask is a hash of a seed and the element index;
 //! - [`swiglu`]: the MLP activation `silu(gate) * up` and its two gradients, one pass each;
 //! - [`softmax`]: attention's masked softmax and its gradient, one cube per score row;
 //! - [`rmsnorm`]: RMSNorm and its input gradient, one cube per row.
@@ -25,6 +26,7 @@
 
 pub mod adamw8;
 pub mod dequant;
+pub mod dropout;
 pub mod gemm;
 pub mod gemm_dx;
 pub mod gemv;

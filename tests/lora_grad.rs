@@ -190,7 +190,7 @@ fn nf4_training_gradients_match_the_dense_path() {
 /// bf16.
 #[test]
 fn lora_branch_matches_the_plain_ops() {
-    use burn::tensor::{Bool, DType, TensorData};
+    use burn::tensor::{Bool, DType, Int, TensorData};
     use medqlora::lora::op::lora_branch;
     use rand::{Rng, SeedableRng};
 
@@ -203,7 +203,10 @@ fn lora_branch_matches_the_plain_ops() {
             let (r, p, s) = (64, 0.1, 0.25);
             let mut normal = |len: usize, std: f32| common::bell(&mut rng, len, std);
             let (x, a, b, w) = (normal(m * k, 1.0), normal(r * k, 0.03), normal(n * r, 0.1), normal(m * n, 1.0));
-            let drop: Vec<bool> = (0..m * k).map(|i| ((i as u64).wrapping_mul(seed | 1) >> 7) % 10 == 0).collect();
+            // The dropout mask's seed; the plain ops take the mask it stands for from the
+            // reference hash, so on CUDA this also checks the kernel's mask.
+            let mask_seed: [i64; 4] = [0; 4].map(|_: i64| rng.random_range(0..65536));
+            let drop: Vec<bool> = medqlora_kernels::dropout::reference::keep_mask(m * k, mask_seed, p).into_iter().map(|k| !k).collect();
             let data = |v: &Vec<f32>, shape: [usize; 2]| TensorData::new(v.clone(), shape);
 
             // `x` (and so the branch's products) in `dtype`, the adapter weights in f32, as
@@ -213,8 +216,8 @@ fn lora_branch_matches_the_plain_ops() {
                 let x = Tensor::<Autodiff<B>, 2>::from_inner(Tensor::<B, 2>::from_data(data(&x, [m, k]), dev).cast(dtype)).require_grad();
                 let a = Tensor::<Autodiff<B>, 2>::from_data(data(&a, [r, k]), dev).require_grad();
                 let b = Tensor::<Autodiff<B>, 2>::from_data(data(&b, [n, r]), dev).require_grad();
-                let mask = Tensor::<Autodiff<B>, 2, Bool>::from_data(TensorData::new(drop.clone(), [m, k]), dev);
-                let y = lora_branch(x.clone(), Some(mask), a.clone(), b.clone(), s, p);
+                let mask_seed = Tensor::<Autodiff<B>, 1, Int>::from_data(TensorData::new(mask_seed.to_vec(), [4]), dev);
+                let y = lora_branch(x.clone(), Some(mask_seed), a.clone(), b.clone(), s, p);
                 let g = (y.clone() * Tensor::<Autodiff<B>, 2>::from_data(data(&w, [m, n]), dev).cast(dtype)).sum().backward();
                 [y.inner().into_data(), x.grad(&g).unwrap().into_data(), a.grad(&g).unwrap().into_data(), b.grad(&g).unwrap().into_data()]
             };

@@ -69,11 +69,12 @@ impl<B: Backend> LoraAdapter<B> {
         let [b, s, k] = x.dims();
         let out = self.lora_b.val().dims()[0];
         let x = x.reshape([b * s, k]);
-        // Inverted dropout as torch.nn.Dropout: each input element dropped with probability p.
-        let drop = (self.training && self.dropout > 0.0).then(|| x.random_like(Distribution::Bernoulli(self.dropout)).greater_elem(0.5));
+        // Inverted dropout as torch.nn.Dropout: each input element dropped with probability p,
+        // the mask drawn as a seed (`super::dropout`).
+        let seed = (self.training && self.dropout > 0.0).then(|| super::dropout::draw_seed::<B>(&x.device()));
         // The f32 weights are the trainer's master copy (no second, compute-dtype copy is
         // kept); the products run in the activations' dtype, the weights' gradients come out f32.
-        super::op::lora_branch(x, drop, self.lora_a.val(), self.lora_b.val(), self.scaling, self.dropout).reshape([b, s, out])
+        super::op::lora_branch(x, seed, self.lora_a.val(), self.lora_b.val(), self.scaling, self.dropout).reshape([b, s, out])
     }
 
     /// Turns input dropout on (training) or off (evaluation, generation).

@@ -1,5 +1,6 @@
 //! LoRA adapters with PEFT semantics (targeting, initialization, scaling).
 
+pub mod dropout;
 pub mod layer;
 pub mod op;
 pub mod peft_io;

@@ -15,7 +15,7 @@
 //! Used on the autodiff backends the trainer runs ([`super::autodiff_op`]); any other backend
 //! takes the tensor-op version.
 
-use super::attention::{attend_causal_ops, block_keys};
+use super::attention::{attend_causal_ops, block_keys, block_rows, padded_rows};
 use super::autodiff_op::{cast, float, on_training_backend, TrainingOp};
 use super::softmax::masked_softmax_backward;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -26,7 +26,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{BoolTensor, FloatTensor};
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::{Bool, DType, Tensor};
 use std::any::Any;
 
 /// Gradients of [`attend_causal_ops`] w.r.t. `q [b, kvh, rep, s, d]`, `k, v [b, kvh, t, d]`
@@ -48,22 +48,42 @@ pub fn attention_backward<B: Backend>(
     let blocks = super::attention::query_blocks(s, t - s, block);
     let mut dqs = Vec::with_capacity(blocks.len());
     for (r0, n, keys) in blocks {
-        let qb = q.clone().narrow(3, r0, n).reshape([b, kvh, rep * n, d]);
-        // Padded keys (see `KEY_ALIGN`) get gradients that are cut off below.
+        // Padded query rows (zero queries and output gradients, see `QUERY_ALIGN`) add nothing
+        // to dK and dV; padded keys (see `KEY_ALIGN`) get gradients that are cut off below.
+        let qb = block_rows(&q, r0, n);
         let (kb, vb, m) = block_keys(&k, &v, &mask, r0, n, keys);
         let scores = qb.clone().matmul(kb.clone().swap_dims(2, 3));
-        let dob = dout.clone().narrow(3, r0, n).reshape([b, kvh, rep * n, d]);
+        let dob = block_rows(&dout, r0, n);
         let dp = dob.clone().matmul(vb.swap_dims(2, 3));
         let (pd, ds) = masked_softmax_backward(scores, dp, m, rep, scale);
-        let dvb = pd.swap_dims(2, 3).matmul(dob);
-        dqs.push(ds.clone().matmul(kb).reshape([b, kvh, rep, n, d]));
-        let dkb = ds.swap_dims(2, 3).matmul(qb).narrow(2, 0, keys);
+        let dvb = group_atb(pd, dob, rep);
+        dqs.push(ds.clone().matmul(kb).reshape([b, kvh, rep, padded_rows(n), d]).narrow(3, 0, n));
+        let dkb = group_atb(ds, qb, rep).narrow(2, 0, keys);
         let dvb = dvb.narrow(2, 0, keys);
         let range = [0..b, 0..kvh, 0..keys, 0..d];
         dk = dk.clone().slice_assign(range.clone(), dk.slice(range.clone()) + dkb);
         dv = dv.clone().slice_assign(range.clone(), dv.slice(range) + dvb);
     }
     (Tensor::cat(dqs, 3), dk, dv)
+}
+
+/// `x^T y` per kv head for `x: [b, kvh, rep * n, t]`, `y: [b, kvh, rep * n, e]` (rows grouped
+/// by query head, [`block_rows`]) -> `[b, kvh, t, e]` in `x`'s dtype: the sum over the group's
+/// query heads of their own products, taken as `rep` batched products summed in f32.
+///
+/// Why not one product: its output `[t, e]` per kv head is small (1,024 x 128 at 2,048 tokens)
+/// and its reduction long (`rep * n` = 7,168), so Burn's matmul ran it on 64 thread blocks
+/// (179 us for each of dK and dV of a 1,024-row block in the H100 profile of 2026-12-06);
+/// split by query head it has `rep` times the blocks.
+fn group_atb<B: Backend>(x: Tensor<B, 4>, y: Tensor<B, 4>, rep: usize) -> Tensor<B, 4> {
+    let ([b, kvh, rows, t], e) = (x.dims(), y.dims()[3]);
+    if rep == 1 {
+        return x.swap_dims(2, 3).matmul(y);
+    }
+    let dtype = x.dtype();
+    let x = x.reshape([b * kvh, rep, rows / rep, t]).swap_dims(2, 3);
+    let y = y.reshape([b * kvh, rep, rows / rep, e]);
+    x.matmul(y).cast(DType::F32).sum_dim(1).reshape([b, kvh, t, e]).cast(dtype)
 }
 
 /// The operation's backward: its saved inputs and the block size.

@@ -89,7 +89,8 @@ impl<B: Backend> Linear<B> {
         let [n, _] = self.dims();
         let x2 = x.clone().reshape([b * s, k]);
         let y = match &self.weight {
-            LinearWeight::Dense(w) => matmul_weight_t(x2, w.val()),
+            // Frozen: under training autodiff only the input gradient, its reduction cut.
+            LinearWeight::Dense(w) => super::frozen_matmul::frozen_matmul_t(x2, w.val()),
             // NF4: the kernels on CUDA (no dense weight kept for backward), else the reference.
             LinearWeight::Nf4(w) => w.matmul_t(x2),
         };

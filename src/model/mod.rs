@@ -5,6 +5,7 @@ pub mod attention_grad;
 pub mod autodiff_op;
 pub mod config;
 pub mod embedding;
+pub mod frozen_matmul;
 pub mod inventory;
 pub mod kv_cache;
 pub mod linear;
