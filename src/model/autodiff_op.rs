@@ -49,6 +49,33 @@ pub(crate) fn contiguous<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<
     t
 }
 
+/// `a.matmul(b)`, on the CUDA backend with cubek's default strategy (one fixed kernel,
+/// `SimpleCyclicCmma`, falling back to `SimpleUnit`) rather than Burn's autotuned choice; see
+/// `attention::block_matmul` for why.
+pub(crate) fn untuned_matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(feature = "cuda")]
+    {
+        use medqlora_kernels::burn_cubecl::kernel::matmul::{matmul, MatmulStrategy};
+        use medqlora_kernels::burn_cubecl::tensor::CubeTensor;
+        use medqlora_kernels::cubecl::cuda::CudaRuntime;
+        match cast::<FloatTensor<B>, CubeTensor<CudaRuntime>>(prim(a)) {
+            Ok(ac) => {
+                let bc = cast::<FloatTensor<B>, CubeTensor<CudaRuntime>>(prim(b)).unwrap_or_else(|_| unreachable!("operands of one backend"));
+                let back = |c: CubeTensor<CudaRuntime>| float::<B, D>(cast(c).unwrap_or_else(|_| unreachable!("a CUDA tensor of B")));
+                let dtype = ac.dtype;
+                match matmul(ac.clone(), bc.clone(), None, MatmulStrategy::Cube, dtype) {
+                    Ok(out) => back(out),
+                    // A layout the fixed strategy cannot take: Burn's own choice.
+                    Err(_) => back(ac).matmul(back(bc)),
+                }
+            }
+            Err(p) => float::<B, D>(p).matmul(b),
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    a.matmul(b)
+}
+
 /// An operation with its own backward on `Autodiff<I>` (no checkpointing strategy, the
 /// trainer's).
 pub(crate) trait TrainingOp {
