@@ -4,8 +4,8 @@
 //! CUDA run failed at a 599-token prefill: these tests found Burn's CUDA matmul misreading a
 //! block's keys there (`attention::leading_keys` and `attention::pad_keys`; on one H100 on
 //! 2026-12-06 the forward then matched at every length below, on a second H100 the same day,
-//! with other autotuned kernels, the 599-token tail block was wrong again whatever was padded,
-//! hence `attention::block_matmul`: one fixed kernel instead of the autotuned choice). Lengths cover one block (87, 512), a 512-row block plus a tail
+//! with other autotuned kernels, the 599-token tail block was wrong again whatever was padded;
+//! `autodiff_op::untuned_matmul`, one fixed kernel, is printed beside it as the candidate fix). Lengths cover one block (87, 512), a 512-row block plus a tail
 //! (599, 1,001), and the three equal blocks (600, 1,024). Fresh random inputs each run. On
 //! CUDA the blocks' softmax and its gradient are the fused kernels (`model::softmax`), so these
 //! tests also check them in the model's layout against the CPU's tensor ops. The last test
@@ -90,7 +90,8 @@ fn blocked_attention_gradients_equal_eager_gradients_on_the_cpu() {
 /// narrowed keys, 2026-12-05).
 #[test]
 fn each_op_of_a_block_equals_the_cpu() {
-    use medqlora::model::attention::{block_keys, block_matmul, block_rows, leading_keys, query_blocks};
+    use medqlora::model::attention::{block_keys, block_rows, leading_keys, query_blocks};
+    use medqlora::model::autodiff_op::untuned_matmul;
     use medqlora::model::softmax::masked_softmax;
     fn run<B: Backend>(t: common::Target<B>) {
         type C = medqlora::backend::CpuBackend;
@@ -134,19 +135,17 @@ fn each_op_of_a_block_equals_the_cpu() {
             let unpadded = rows_g.clone().matmul(leading_keys(&kg, keys).swap_dims(2, 3));
             let e = common::rel_l2(&common::values(&unpadded.into_data()), &common::values(&scores_c.clone().into_data()));
             println!("{}: {block}: scores on unpadded keys (not the model's path): relative L2 {e:.2e}", t.name);
-            // Padded keys through Burn's autotuned matmul, printed only: the model's path until
-            // `block_matmul` (right on one H100, 0.997 at the tail on another, 2026-12-06).
+            // The candidate fix, printed only: the same products through one fixed kernel
+            // (`untuned_matmul`) instead of the autotuned choice, unpadded and padded keys.
             let (kp, vp, mp) = block_keys(&kg, &vg, &mask_g, r0, n, keys);
             let padded = kp.dims()[2];
-            let tuned = rows_g.clone().matmul(kp.clone().swap_dims(2, 3)).narrow(3, 0, keys);
-            let e = common::rel_l2(&common::values(&tuned.into_data()), &common::values(&scores_c.clone().into_data()));
-            println!("{}: {block}: scores on padded keys, autotuned matmul (not the model's path): relative L2 {e:.2e}", t.name);
-            let fixed = block_matmul(rows_g.clone(), leading_keys(&kg, keys).swap_dims(2, 3));
-            let e = common::rel_l2(&common::values(&fixed.into_data()), &common::values(&scores_c.clone().into_data()));
-            println!("{}: {block}: scores on unpadded keys, fixed kernel (not the model's path): relative L2 {e:.2e}", t.name);
-            // The model's path: a contiguous key prefix padded to KEY_ALIGN positions, hidden,
-            // and the products through `block_matmul`.
-            let scores_g = block_matmul(block_rows(&qg, r0, n), kp.swap_dims(2, 3));
+            for (what, keys_g) in [("unpadded", leading_keys(&kg, keys)), ("padded", kp.clone())] {
+                let fixed = untuned_matmul(rows_g.clone(), keys_g.swap_dims(2, 3)).narrow(3, 0, keys);
+                let e = common::rel_l2(&common::values(&fixed.into_data()), &common::values(&scores_c.clone().into_data()));
+                println!("{}: {block}: scores on {what} keys, fixed kernel (not the model's path): relative L2 {e:.2e}", t.name);
+            }
+            // The model's path: a contiguous key prefix padded to KEY_ALIGN positions, hidden.
+            let scores_g = block_rows(&qg, r0, n).matmul(kp.swap_dims(2, 3));
             check(format!("{block}: scores"), scores_g.narrow(3, 0, keys).into_data(), scores_c.clone().into_data());
             // From here each op gets the CPU's inputs, so an error is that op's own.
             let m_c = mask_c.clone().narrow(3, r0, n).narrow(4, 0, keys);
@@ -163,7 +162,7 @@ fn each_op_of_a_block_equals_the_cpu() {
             let probs_g = masked_softmax(padded_cols(scores_c.into_data()), mp, rep, scale);
             check(format!("{block}: masked softmax"), probs_g.narrow(3, 0, keys).into_data(), probs_c.clone().into_data());
             let out_c = probs_c.clone().matmul(vc.clone().narrow(2, 0, keys));
-            let out_g = block_matmul(padded_cols(probs_c.into_data()), vp);
+            let out_g = padded_cols(probs_c.into_data()).matmul(vp);
             check(format!("{block}: probabilities times values"), out_g.into_data(), out_c.into_data());
         }
     }

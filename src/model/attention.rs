@@ -189,21 +189,9 @@ pub fn block_keys<B: Backend>(k: &Tensor<B, 4>, v: &Tensor<B, 4>, mask: &Tensor<
 /// [b, kvh, t, d]`, `mask: [_, 1, 1, n, t]` ([`block_keys`]) -> `[b, kvh, rep * n, d]`.
 fn attend<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: Tensor<B, 5, Bool>, rep: usize) -> Tensor<B, 4> {
     let d = q.dims()[3];
-    let scores = block_matmul(q, k.swap_dims(2, 3));
+    let scores = q.matmul(k.swap_dims(2, 3));
     let probs = masked_softmax(scores, mask, rep, (d as f64).powf(-0.5));
-    block_matmul(probs, v)
-}
-
-/// A product of attention's blocks: on CUDA with one fixed kernel (cubek's default matmul
-/// strategy, `SimpleCyclicCmma`) instead of Burn's autotuned choice; elsewhere `a.matmul(b)`.
-///
-/// Why: which of cubek's ~30 matmul kernels runs a shape is chosen by timing on each machine,
-/// and on one H100 (2026-12-06, second session) the chosen one gave a 599-token sequence's
-/// tail block wrong scores (relative L2 0.997) however its keys and rows were padded, where
-/// the same binary had been right on another H100. A fixed kernel makes what the tests check
-/// what every machine runs.
-pub fn block_matmul<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> Tensor<B, 4> {
-    super::autodiff_op::untuned_matmul(a, b)
+    probs.matmul(v)
 }
 
 #[cfg(test)]

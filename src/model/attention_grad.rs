@@ -15,7 +15,7 @@
 //! Used on the autodiff backends the trainer runs ([`super::autodiff_op`]); any other backend
 //! takes the tensor-op version.
 
-use super::attention::{attend_causal_ops, block_keys, block_matmul, block_rows};
+use super::attention::{attend_causal_ops, block_keys, block_rows};
 use super::autodiff_op::{cast, float, on_training_backend, TrainingOp};
 use super::softmax::masked_softmax_backward;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -51,12 +51,12 @@ pub fn attention_backward<B: Backend>(
         // Padded keys (see `KEY_ALIGN`) get gradients that are cut off below.
         let qb = block_rows(&q, r0, n);
         let (kb, vb, m) = block_keys(&k, &v, &mask, r0, n, keys);
-        let scores = block_matmul(qb.clone(), kb.clone().swap_dims(2, 3));
+        let scores = qb.clone().matmul(kb.clone().swap_dims(2, 3));
         let dob = block_rows(&dout, r0, n);
-        let dp = block_matmul(dob.clone(), vb.swap_dims(2, 3));
+        let dp = dob.clone().matmul(vb.swap_dims(2, 3));
         let (pd, ds) = masked_softmax_backward(scores, dp, m, rep, scale);
         let dvb = group_atb(pd, dob, rep);
-        dqs.push(block_matmul(ds.clone(), kb).reshape([b, kvh, rep, n, d]));
+        dqs.push(ds.clone().matmul(kb).reshape([b, kvh, rep, n, d]));
         let dkb = group_atb(ds, qb, rep).narrow(2, 0, keys);
         let dvb = dvb.narrow(2, 0, keys);
         let range = [0..b, 0..kvh, 0..keys, 0..d];
@@ -77,12 +77,12 @@ pub fn attention_backward<B: Backend>(
 fn group_atb<B: Backend>(x: Tensor<B, 4>, y: Tensor<B, 4>, rep: usize) -> Tensor<B, 4> {
     let ([b, kvh, rows, t], e) = (x.dims(), y.dims()[3]);
     if rep == 1 {
-        return block_matmul(x.swap_dims(2, 3), y);
+        return x.swap_dims(2, 3).matmul(y);
     }
     let dtype = x.dtype();
     let x = x.reshape([b * kvh, rep, rows / rep, t]).swap_dims(2, 3);
     let y = y.reshape([b * kvh, rep, rows / rep, e]);
-    block_matmul(x, y).cast(DType::F32).sum_dim(1).reshape([b, kvh, t, e]).cast(dtype)
+    x.matmul(y).cast(DType::F32).sum_dim(1).reshape([b, kvh, t, e]).cast(dtype)
 }
 
 /// The operation's backward: its saved inputs and the block size.

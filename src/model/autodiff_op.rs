@@ -50,9 +50,15 @@ pub(crate) fn contiguous<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<
 }
 
 /// `a.matmul(b)`, on the CUDA backend with cubek's default strategy (one fixed kernel,
-/// `SimpleCyclicCmma`, falling back to `SimpleUnit`) rather than Burn's autotuned choice; see
-/// `attention::block_matmul` for why.
-pub(crate) fn untuned_matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+/// `SimpleCyclicCmma`, falling back to `SimpleUnit`) rather than Burn's autotuned choice.
+///
+/// Why it exists: which of cubek's ~30 matmul kernels runs a shape is chosen by timing on
+/// each machine, and on one H100 (2026-12-06) the chosen one gave a 599-token sequence's tail
+/// attention block wrong scores (relative L2 0.997) however its keys and rows were padded,
+/// where the same binary had been right on another H100. Not yet used by the model:
+/// `tests/attention_blocks.rs` prints its scores beside the model's so that one GPU run shows
+/// whether it is right there, before attention switches to it (and its speed is measured).
+pub fn untuned_matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
     #[cfg(feature = "cuda")]
     {
         use medqlora_kernels::burn_cubecl::kernel::matmul::{matmul, MatmulStrategy};
