@@ -6,7 +6,7 @@
 //! The CPU builds the same mask from the same hash on the host, so both draw identical masks.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Distribution, Int, Shape, Tensor, TensorData};
 use medqlora_kernels::dropout::reference;
 
 /// A fresh mask seed: four integers uniform in `[0, 65536)` from the backend RNG (which the
@@ -23,12 +23,21 @@ pub fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, seed: &Tensor<B, 1, 
         Ok(y) => return y,
         Err(x) => x,
     };
-    let words: Vec<i64> = seed.clone().into_data().convert::<i64>().to_vec().expect("an integer seed");
-    let seed: [i64; 4] = words.try_into().unwrap_or_else(|w: Vec<i64>| panic!("a dropout seed has 4 integers, not {}", w.len()));
-    let shape = x.shape();
-    let drop: Vec<bool> = reference::keep_mask(shape.num_elements(), seed, p).into_iter().map(|k| !k).collect();
-    let mask = Tensor::<B, D, Bool>::from_data(TensorData::new(drop, shape), &x.device());
+    let mask = drop_mask::<B, D>(seed, x.shape(), p, &x.device());
     x.mask_fill(mask, 0.0).mul_scalar(1.0 / (1.0 - p))
+}
+
+/// The seed's four integers, read back to the host.
+pub fn seed_words<B: Backend>(seed: &Tensor<B, 1, Int>) -> [i64; 4] {
+    let words: Vec<i64> = seed.clone().into_data().convert::<i64>().to_vec().expect("an integer seed");
+    words.try_into().unwrap_or_else(|w: Vec<i64>| panic!("a dropout seed has 4 integers, not {}", w.len()))
+}
+
+/// The seed's mask as a bool tensor of `shape` (`true` = dropped), built on the host from the
+/// reference hash: the CPU path, and what tests compare the fused kernel's drops with.
+pub fn drop_mask<B: Backend, const D: usize>(seed: &Tensor<B, 1, Int>, shape: Shape, p: f64, device: &B::Device) -> Tensor<B, D, Bool> {
+    let drop: Vec<bool> = reference::keep_mask(shape.num_elements(), seed_words(seed), p).into_iter().map(|k| !k).collect();
+    Tensor::from_data(TensorData::new(drop, shape), device)
 }
 
 /// [`dropout`] of `x: [rows, cols]` as `[parts, rows, cols / parts]` (column slice `s` as
@@ -96,8 +105,7 @@ mod tests {
         let x = Tensor::<Cpu, 2>::random([64, 96], Distribution::Uniform(1.0, 2.0), &dev);
         let (s1, s2) = (draw_seed::<Cpu>(&dev), draw_seed::<Cpu>(&dev));
         let y = dropout(x.clone(), &s1, 0.3);
-        let words: [i64; 4] = s1.clone().into_data().convert::<i64>().to_vec::<i64>().unwrap().try_into().unwrap();
-        let want = reference::dropout(&x.to_data().to_vec::<f32>().unwrap(), words, 0.3);
+        let want = reference::dropout(&x.to_data().to_vec::<f32>().unwrap(), seed_words(&s1), 0.3);
         assert_eq!(y.to_data().to_vec::<f32>().unwrap(), want);
         assert_eq!(dropout(x.clone(), &s1, 0.3).to_data(), y.to_data(), "same seed, same mask");
         assert_ne!(dropout(x, &s2, 0.3).to_data(), y.to_data(), "seeds {s1} and {s2} gave one mask");

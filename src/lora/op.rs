@@ -17,7 +17,7 @@
 //! the tests force the cuts there to check them against autodiff through the plain ops.
 
 use crate::model::autodiff_op::{cast, float, on_training_backend, prim, TrainingOp};
-use crate::model::linear::{copies_strided_operands, matmul_weight_t};
+use crate::model::linear::{copies_strided_operands, matmul_weight_t, split_k_parts};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::{CheckpointStrategy, NoCheckpointing};
 use burn::backend::autodiff::grads::Gradients;
@@ -32,14 +32,6 @@ use std::marker::PhantomData;
 /// partial sums than the extra thread blocks win).
 const GPU_MIN_SLICE: usize = 256;
 
-/// Slices of a cut reduction are multiples of this. Why 64, not the 16 of a tensor-core step:
-/// with 16, `down_proj`'s input (18,944) was cut into slices of 1,184 (a multiple of 32, not
-/// of 64), and only `down_proj.lora_B`'s gradient came out non-finite in the 7B bench on an
-/// H100 (bf16, from step 0 or 2, later layers only), where every other adapter (slices of
-/// 448 = 7 x 64) stayed finite; the f32 branch test passes at both widths, so the bf16 product
-/// on those slices is the suspect. With 64, 18,944 is cut in 8 slices of 2,368.
-const SLICE_ALIGN: usize = 64;
-
 /// The branch's constants and how its reductions are cut.
 #[derive(Debug, Clone, Copy)]
 struct Branch {
@@ -52,13 +44,13 @@ struct Branch {
 }
 
 impl Branch {
-    /// Into how many slices a reduction of length `len` is cut: the most of 16, 8, 4, 2 whose
-    /// slices are multiples of [`SLICE_ALIGN`] and at least `min_slice` long, else 1.
+    /// Into how many slices a reduction of length `len` is cut: up to 16 ([`split_k_parts`]),
+    /// none when `min_slice` is 0.
     fn parts(&self, len: usize) -> usize {
         if self.min_slice == 0 {
             return 1;
         }
-        [16, 8, 4, 2].into_iter().find(|&p| len % p == 0 && (len / p) % SLICE_ALIGN == 0 && len / p >= self.min_slice).unwrap_or(1)
+        split_k_parts(len, 16, self.min_slice)
     }
 
     /// `x` with the elements the seed's mask drops zeroed and the rest scaled by `1 / (1 - p)`
@@ -256,11 +248,7 @@ mod tests {
             let a = Tensor::<A, 2>::from_inner(a0.clone()).require_grad();
             let b = Tensor::<A, 2>::from_inner(b0.clone()).require_grad();
             // The plain ops drop with the mask the seed stands for, built on the host.
-            let drop = seed.as_ref().map(|s| {
-                let words: Vec<i64> = s.clone().into_data().convert::<i64>().to_vec().unwrap();
-                let keep = medqlora_kernels::dropout::reference::keep_mask(m * k, words.try_into().unwrap(), p);
-                Tensor::<A, 2, Bool>::from_data(burn::tensor::TensorData::new(keep.into_iter().map(|k| !k).collect::<Vec<_>>(), [m, k]), &dev)
-            });
+            let drop = seed.as_ref().map(|s| Tensor::<A, 2, Bool>::from_inner(crate::lora::dropout::drop_mask(s, [m, k].into(), p, &dev)));
             let seed = seed.map(Tensor::<A, 1, Int>::from_inner);
             let y = match min_slice {
                 Some(min_slice) => {

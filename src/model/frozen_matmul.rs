@@ -11,7 +11,7 @@
 //! for a weight that requires none).
 
 use super::autodiff_op::{cast, float, on_training_backend, prim, TrainingOp};
-use super::linear::{copies_strided_operands, matmul_weight_t};
+use super::linear::{copies_strided_operands, matmul_weight_t, split_k_parts};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -27,9 +27,6 @@ use std::marker::PhantomData;
 /// product already has enough thread blocks).
 const GPU_MIN_SPLIT: usize = 32_768;
 
-/// Slices are multiples of this (as `lora::op::SLICE_ALIGN`, for the same reason).
-const SLICE_ALIGN: usize = 64;
-
 /// `x [m, k] W[n, k]^T -> [m, n]` for a frozen `W`; under the training autodiff backends the
 /// operation above (gradient for `x` only), elsewhere [`matmul_weight_t`].
 pub fn frozen_matmul_t<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
@@ -44,13 +41,13 @@ fn frozen_matmul_t_with<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>, min_split:
     }
 }
 
-/// Into how many slices the reduction `n` of `dY W` is cut: the most of 8, 4, 2 giving slices
-/// that are multiples of [`SLICE_ALIGN`], when `n >= min_split`; else 1.
+/// Into how many slices the reduction `n` of `dY W` is cut: up to 8 ([`split_k_parts`]) when
+/// `n >= min_split`; else 1.
 fn parts(n: usize, min_split: usize) -> usize {
     if n < min_split {
         return 1;
     }
-    [8, 4, 2].into_iter().find(|&p| n % p == 0 && (n / p) % SLICE_ALIGN == 0).unwrap_or(1)
+    split_k_parts(n, 8, 1)
 }
 
 /// `g [m, n] w [n, k] -> [m, k]` in `g`'s dtype, the reduction over `n` cut ([`parts`]).
