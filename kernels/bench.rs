@@ -201,6 +201,53 @@ pub fn run<R: CubeRuntime>(client: &ComputeClient<R>, device: &R::Device, shapes
     rows
 }
 
+/// Attention's block products at the 7B training shape (2,048 tokens, 4 kv heads x 7 query
+/// heads, head dim 128; the blocks of `model::attention::query_blocks`: 1,024 rows reading
+/// 1,024 keys, then 512 rows reading 2,048), each through Burn's autotuned matmul (what the
+/// model runs) and through the fixed default kernel (`MatmulStrategy::Cube`), with the relative
+/// L2 difference of the two outputs in the note: the products are `q k^T` (also `dO v^T`),
+/// `p v` (also `dS k`) and the per-query-head `x^T y` of dK and dV.
+pub fn attention_products<R: CubeRuntime>(client: &ComputeClient<R>, device: &R::Device, mut print: impl FnMut(&BenchRow)) -> Vec<BenchRow> {
+    let (kvh, rep, d) = (4usize, 7usize, 128usize);
+    let mut rng = rand::rng();
+    let mut rows = Vec::new();
+    let mut rand_t = |shape: Vec<usize>| {
+        let n: usize = shape.iter().product();
+        upload_float(client, device, &(0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), shape, DType::BF16)
+    };
+    for (n, keys) in [(1024usize, 1024usize), (512, 2048)] {
+        let r = rep * n;
+        // (name, lhs, rhs, batch, m, n, k): rhs views are transposed where the model's are.
+        let mut k_t = rand_t(vec![1, kvh, keys, d]);
+        k_t.meta.swap(2, 3);
+        let mut x_t = rand_t(vec![kvh, rep, n, keys]);
+        x_t.meta.swap(2, 3);
+        let cases = [
+            ("attention q k^T", rand_t(vec![1, kvh, r, d]), k_t, kvh, r, keys, d),
+            ("attention p v", rand_t(vec![1, kvh, r, keys]), rand_t(vec![1, kvh, keys, d]), kvh, r, d, keys),
+            ("attention dK/dV x^T y per head", x_t, rand_t(vec![kvh, rep, n, d]), kvh * rep, keys, d, n),
+        ];
+        for (name, a, b, batch, m, nn, k) in cases {
+            let flops = 2.0 * (batch * m * nn * k) as f64;
+            let tuned = matmul(a.clone(), b.clone(), None, MatmulStrategy::Autotune, DType::BF16).unwrap();
+            let fixed = matmul(a.clone(), b.clone(), None, MatmulStrategy::Cube, DType::BF16).unwrap();
+            let (t, f) = (crate::device::read_f32(&tuned), crate::device::read_f32(&fixed));
+            let diff = crate::testutil::rel_l2(&t, &f);
+            for (what, tuned) in [("autotuned", true), ("fixed kernel", false)] {
+                let us = time_us(client, 10, |_| {
+                    let strategy = if tuned { MatmulStrategy::Autotune } else { MatmulStrategy::Cube };
+                    matmul(a.clone(), b.clone(), None, strategy, DType::BF16).unwrap();
+                });
+                let bytes = 2 * batch * (m * k + k * nn + m * nn);
+                let row = BenchRow { op: format!("{name}, {what} (x{batch})"), m, n: nn, k, us, gbs: bytes as f64 / us / 1e3, tflops: flops / us / 1e6, note: format!("outputs differ by {diff:.1e}") };
+                print(&row);
+                rows.push(row);
+            }
+        }
+    }
+    rows
+}
+
 /// The table's header (the torch script prints the same columns).
 pub const HEADER: &str = "| op | M | N | K | us | GB/s | TFLOP/s | note |\n| --- | --- | --- | --- | --- | --- | --- | --- |";
 

@@ -135,6 +135,10 @@ fn each_op_of_a_block_equals_the_cpu() {
             let unpadded = rows_g.clone().matmul(leading_keys(&kg, keys).swap_dims(2, 3));
             let e = common::rel_l2(&common::values(&unpadded.into_data()), &common::values(&scores_c.clone().into_data()));
             println!("{}: {block}: scores on unpadded keys (not the model's path): relative L2 {e:.2e}", t.name);
+            // Contiguous query rows (the model's block_rows is a reshaped narrow), printed only.
+            let rows_copy = medqlora::model::autodiff_op::contiguous(rows_g.clone());
+            let e = common::rel_l2(&common::values(&rows_copy.matmul(leading_keys(&kg, keys).swap_dims(2, 3)).into_data()), &common::values(&scores_c.clone().into_data()));
+            println!("{}: {block}: scores of contiguous rows on unpadded keys (not the model's path): relative L2 {e:.2e}", t.name);
             // The candidate fix, printed only: the same products through one fixed kernel
             // (`untuned_matmul`) instead of the autotuned choice, unpadded and padded keys.
             let (kp, vp, mp) = block_keys(&kg, &vg, &mask_g, r0, n, keys);

@@ -25,6 +25,10 @@ pub struct BenchKernelsArgs {
     /// One shape (N = K = 3584) and M in {1, 2048} only.
     #[arg(long)]
     pub quick: bool,
+    /// Only attention's block products at the 7B training shape, Burn's autotuned matmul
+    /// against its fixed default kernel (speed, and how far their outputs differ).
+    #[arg(long, conflicts_with = "quick")]
+    pub attention: bool,
 }
 
 /// `bench kernels`: the table of `medqlora_kernels::bench` on CUDA device 0.
@@ -37,6 +41,10 @@ fn bench_kernels(args: BenchKernelsArgs) -> anyhow::Result<()> {
         let client = medqlora_kernels::cubecl::cuda::CudaRuntime::client(&device);
         let (shapes, ms): (&[(usize, usize)], &[usize]) = if args.quick { (&[(3584, 3584)], &[1, 2048]) } else { (&SHAPES, &MS) };
         println!("{HEADER}");
+        if args.attention {
+            medqlora_kernels::bench::attention_products(&client, &device, |r| println!("{}", format_row(r)));
+            return Ok(());
+        }
         run(&client, &device, shapes, ms, &crate::quant::dynamic_map::DYNAMIC_MAP_SIGNED, |r| println!("{}", format_row(r)));
         Ok(())
     }

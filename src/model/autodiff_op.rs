@@ -34,7 +34,7 @@ pub(crate) fn cast<T: 'static, U: 'static>(t: T) -> Result<U, T> {
 /// against the first 512 of 599 keys (`k.narrow(2, 0, 512)`, batch stride `599 * d`) came
 /// out at relative L2 0.999 from the CPU's on an H100 (2026-12-05,
 /// `tests/attention_blocks.rs::each_op_of_a_block_equals_the_cpu`).
-pub(crate) fn contiguous<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+pub fn contiguous<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
     #[cfg(feature = "cuda")]
     {
         use medqlora_kernels::burn_cubecl::kernel::into_contiguous;
