@@ -215,6 +215,24 @@ pub fn attention_products<R: CubeRuntime>(client: &ComputeClient<R>, device: &R:
         let n: usize = shape.iter().product();
         upload_float(client, device, &(0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), shape, DType::BF16)
     };
+    {
+        // The fused kernel on the whole causal forward: 28 query heads x 2,048 queries; FLOPs
+        // are eager attention's useful half (`2 * 2 * s^2 / 2 * d` per head).
+        let (s, t) = (2048usize, 2048usize);
+        let shape = crate::attention::Causal { batch: 1, kv_heads: kvh, rep, s, t, d, mask_batches: 1 };
+        let (q, k, v) = (rand_t(vec![shape.q_len()]), rand_t(vec![shape.kv_len()]), rand_t(vec![shape.kv_len()]));
+        let hidden: Vec<u8> = crate::attention::reference::causal_mask(s, t, &[0]).into_iter().map(u8::from).collect();
+        let mask = crate::device::upload_bytes(client, device, &hidden, vec![s * t], DType::Bool(burn_backend::BoolStore::U8));
+        let scale = (d as f32).powf(-0.5);
+        let us = time_us(client, 10, |_| {
+            crate::attention::causal_attention(&q, &k, &v, &mask, shape, scale).unwrap();
+        });
+        let flops = 2.0 * 2.0 * (s * s / 2 * d * kvh * rep) as f64;
+        let bytes = 2 * (2 * shape.q_len() + 2 * shape.kv_len()) + s * t;
+        let row = BenchRow { op: format!("attention forward, fused kernel (x{})", kvh * rep), m: s, n: t, k: d, us, gbs: bytes as f64 / us / 1e3, tflops: flops / us / 1e6, note: "whole causal forward; the rows below are its block products as Burn runs them".into() };
+        print(&row);
+        rows.push(row);
+    }
     for (n, keys) in [(1024usize, 1024usize), (512, 2048)] {
         let r = rep * n;
         // (name, lhs, rhs, batch, m, n, k): rhs views are transposed where the model's are.

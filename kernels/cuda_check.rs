@@ -124,7 +124,7 @@ macro_rules! each_float {
 /// the macro's order: the `Size` generics' values first, then the `#[comptime]` parameters as
 /// declared (several are `usize`, so the compiler cannot catch a swap: keep this order).
 pub fn variants<R: Runtime>(client: &ComputeClient<R>) -> Vec<Variant> {
-    use crate::{adamw8, dequant, dropout, gemm, gemm_dx, gemv, rmsnorm, softmax, swiglu};
+    use crate::{adamw8, attention, dequant, dropout, gemm, gemm_dx, gemv, rmsnorm, softmax, swiglu};
     let c = || client.clone();
     let mut out = Vec::new();
     out.push(variant("adamw8".into(), adamw8::kernel::adamw8_kernel::Adamw8Kernel::<R>::new(settings(256), c(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), ())));
@@ -143,6 +143,12 @@ pub fn variants<R: Runtime>(client: &ComputeClient<R>) -> Vec<Variant> {
             for config in gemm::GemmConfig::ALL {
                 let (rows, wvec, mma, stages, name) = pipelined(config);
                 out.push(variant(format!("gemm64 {name} {t}{dq}"), gemm::pipelined::gemm64_kernel::Gemm64Kernel::<F, R>::new(settings(2 * rows as u32), c(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), wvec, double, rows, mma, stages)));
+            }
+            if double {
+                // Head dims of the tiny fixture, Qwen2.5-0.5B and Qwen2.5-7B; CUDA's bools are u8.
+                for d in [16usize, 64, 128] {
+                    out.push(variant(format!("attention d{d} {t}"), attention::kernel::causal_attention_kernel::CausalAttentionKernel::<F, u8, R>::new(settings(128), c(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), (), d)));
+                }
             }
             out.push(variant(format!("gemm_dx {t}{dq}"), gemm_dx::kernel::gemm_dx_kernel::GemmDxKernel::<F, R>::new(settings(256), c(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), double)));
             for config in gemm::GemmConfig::ALL {
@@ -192,6 +198,7 @@ pub fn to_cuda(v: Variant) -> Result<CudaSource, CheckError> {
 pub const KNOWN_SPILLS: &[(&str, &str)] = &[
     ("gemm64 r256 wmma f16", "f16, not a training dtype: 4-28 B per thread after the bf16-driven tuning"),
     ("gemm_dx64 r256 wmma f16", "f16, not a training dtype: up to 28 B per thread"),
+    ("attention d16 bf16", "head dim 16 is the tiny test fixture's, no real model's: 4 B per thread"),
 ];
 
 /// Why a spill in `variant` is accepted, if it is (see [`KNOWN_SPILLS`]).

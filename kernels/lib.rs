@@ -25,6 +25,7 @@
 //! ptxas' registers and spills back, without a GPU (`tools/cuda-check.sh`).
 
 pub mod adamw8;
+pub mod attention;
 pub mod dequant;
 pub mod dropout;
 pub mod gemm;

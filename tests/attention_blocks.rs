@@ -1,11 +1,9 @@
 //! Query-block attention on every backend against one block over the whole sequence on the
 //! CPU (eager attention), at the tiny fixture model's head shape (2 kv heads x 2, head dim 16)
 //! and the prompt lengths of `tests/eval.rs::batch_decoder_logits_equal_full_forwards`, whose
-//! CUDA run failed at a 599-token prefill: these tests found Burn's CUDA matmul misreading a
-//! block's keys there (`attention::leading_keys` and `attention::pad_keys`; on one H100 on
-//! 2026-12-06 the forward then matched at every length below, on a second H100 the same day,
-//! with other autotuned kernels, the 599-token tail block was wrong again whatever was padded;
-//! `autodiff_op::untuned_matmul`, one fixed kernel, is printed beside it as the candidate fix). Lengths cover one block (87, 512), a 512-row block plus a tail
+//! CUDA run failed at a 599-token prefill: these tests found the f32 products Burn's autotuning
+//! picks wrong on the 599-token tail block on H100s (hence `attention::block_matmul`), and
+//! check the fused bf16 forward kernel and the bf16 backward. Lengths cover one block (87, 512), a 512-row block plus a tail
 //! (599, 1,001), and the three equal blocks (600, 1,024). Fresh random inputs each run. On
 //! CUDA the blocks' softmax and its gradient are the fused kernels (`model::softmax`), so these
 //! tests also check them in the model's layout against the CPU's tensor ops. The last test
@@ -82,16 +80,62 @@ fn blocked_attention_gradients_equal_eager_gradients_on_the_cpu() {
     on_every_backend!(run);
 }
 
+/// The fused kernel (`model::attention_kernel`, what every forward without a tape takes on
+/// CUDA in bf16) against eager attention in f32 on the CPU of the same bf16-rounded inputs:
+/// the tiny model's head shape at the lengths above, the 0.5B's (head dim 64, 7 query heads
+/// per kv head) with a per-sequence padded mask, and the 7B's (head dim 128) at 2,048 tokens.
+/// Fresh random inputs each run; the kernel must take every case (no silent fallback).
+#[test]
+fn fused_bf16_attention_equals_eager_attention_on_the_cpu() {
+    #[cfg(not(feature = "cuda"))]
+    println!("skipped: the fused attention kernel needs a CUDA build and GPU");
+    #[cfg(feature = "cuda")]
+    {
+        use burn::tensor::Bool;
+        use medqlora::model::attention_kernel::fused_causal;
+        type G = burn::backend::Cuda<half::bf16>;
+        type C = medqlora::backend::CpuBackend;
+        let gpu = burn::backend::cuda::CudaDevice::new(0);
+        let seed: u64 = rand::rng().random();
+        println!("cuda bf16: seed {seed}");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        // (batch, kv heads, rep, head dim, length, padding of sequence 1)
+        for (b, kvh, rep, d, s, pad) in [(1, 2, 2, 16, 87, 0), (1, 2, 2, 16, 599, 0), (1, 2, 2, 16, 1001, 0), (2, 2, 7, 64, 300, 9), (1, 4, 7, 128, 2048, 0)] {
+            let round = |x: Vec<f32>| x.into_iter().map(|v| half::bf16::from_f32(v).to_f32()).collect::<Vec<_>>();
+            let (q, k, v) = (round(common::bell(&mut rng, b * kvh * rep * s * d, 1.0)), round(common::bell(&mut rng, b * kvh * s * d, 1.0)), round(common::bell(&mut rng, b * kvh * s * d, 1.0)));
+            // Causal; sequence 1 left-padded by `pad` (a padding query sees itself).
+            let hidden: Vec<bool> = (0..b).flat_map(|r| (0..s).flat_map(move |i| (0..s).map(move |j| j > i || (r == 1 && j < pad && j != i)))).collect();
+            let want = {
+                let dev = Default::default();
+                let mask = Tensor::<C, 5, Bool>::from_data(TensorData::new(hidden.clone(), [b, 1, 1, s, s]), &dev);
+                let q = Tensor::<C, 5>::from_data(TensorData::new(q.clone(), [b, kvh, rep, s, d]), &dev);
+                let k = Tensor::<C, 4>::from_data(TensorData::new(k.clone(), [b, kvh, s, d]), &dev);
+                let v = Tensor::<C, 4>::from_data(TensorData::new(v.clone(), [b, kvh, s, d]), &dev);
+                attend_causal_ops(q, k, v, &mask, s).into_data()
+            };
+            let mask = Tensor::<G, 5, Bool>::from_data(TensorData::new(hidden, [b, 1, 1, s, s]), &gpu);
+            let q = Tensor::<G, 5>::from_data(TensorData::new(q, [b, kvh, rep, s, d]), &gpu);
+            let k = Tensor::<G, 4>::from_data(TensorData::new(k, [b, kvh, s, d]), &gpu);
+            let v = Tensor::<G, 4>::from_data(TensorData::new(v, [b, kvh, s, d]), &gpu);
+            let got = fused_causal(q, k, v, &mask).unwrap_or_else(|_| panic!("the kernel refused bf16 {b}x{kvh}x{rep}x{s}x{d}"));
+            let e = common::rel_l2(&common::values(&got.into_data()), &common::values(&want));
+            let bound = 1e-2;
+            println!("cuda bf16 fused: batch {b}, kv heads {kvh} x {rep}, head dim {d}, length {s}, pad {pad}: relative L2 {e:.2e} (bound {bound:.0e})");
+            assert!(e.is_finite() && e <= bound, "fused attention at length {s}, head dim {d}: relative L2 {e:e} > {bound:e} (seed {seed})");
+        }
+    }
+}
+
 /// Each op of every query block at 599 tokens (a 512-row block reading a prefix of the keys,
 /// then an 87-row tail that starts at an offset into q and the mask) as the model runs it,
 /// against the same op on the CPU, fed the same inputs: the narrowed and regrouped queries,
 /// the scores, the masked softmax, the output. A failure names the first op that differs,
-/// which the whole-attention test above cannot (it found Burn's CUDA matmul misreading the
-/// narrowed keys, 2026-12-05).
+/// which the whole-attention test above cannot. Burn's autotuned matmul on the tail block is
+/// printed beside the model's product (`attention::block_matmul`): it is why f32 on CUDA takes
+/// the fixed kernel (0.997 relative L2 on an H100, 2026-12-06).
 #[test]
 fn each_op_of_a_block_equals_the_cpu() {
-    use medqlora::model::attention::{block_keys, block_rows, leading_keys, query_blocks};
-    use medqlora::model::autodiff_op::untuned_matmul;
+    use medqlora::model::attention::{block_keys, block_matmul, block_rows, query_blocks};
     use medqlora::model::softmax::masked_softmax;
     fn run<B: Backend>(t: common::Target<B>) {
         type C = medqlora::backend::CpuBackend;
@@ -121,56 +165,66 @@ fn each_op_of_a_block_equals_the_cpu() {
         let scale = (d as f64).powf(-0.5);
         for (r0, n, keys) in query_blocks(s, 0, QUERY_BLOCK) {
             let block = format!("block of rows {r0}..{} reading {keys} keys", r0 + n);
-            let rows_g = qg.clone().narrow(3, r0, n).reshape([1, kvh, rep * n, d]);
+            let rows_g = block_rows(&qg, r0, n);
             let rows_c = qc.clone().narrow(3, r0, n).reshape([1, kvh, rep * n, d]);
             check(format!("{block}: narrowed queries"), rows_g.clone().into_data(), rows_c.clone().into_data());
             let scores_c = rows_c.matmul(kc.clone().narrow(2, 0, keys).swap_dims(2, 3));
-            // Burn's matmul on the narrowed view itself, printed only: it is why the model
-            // takes `leading_keys` (0.999 on CUDA at the first block, 2026-12-05).
-            let raw = rows_g.clone().matmul(kg.clone().narrow(2, 0, keys).swap_dims(2, 3));
-            let e = common::rel_l2(&common::values(&raw.into_data()), &common::values(&scores_c.clone().into_data()));
-            println!("{}: {block}: scores on the narrowed view (not the model's path): relative L2 {e:.2e}", t.name);
-            // Unpadded but contiguous keys, printed only: 0.997 at the 599-key tail on an H100
-            // (2026-12-06), hence `pad_keys` in the model's path.
-            let unpadded = rows_g.clone().matmul(leading_keys(&kg, keys).swap_dims(2, 3));
-            let e = common::rel_l2(&common::values(&unpadded.into_data()), &common::values(&scores_c.clone().into_data()));
-            println!("{}: {block}: scores on unpadded keys (not the model's path): relative L2 {e:.2e}", t.name);
-            // Contiguous query rows (the model's block_rows is a reshaped narrow), printed only.
-            let rows_copy = medqlora::model::autodiff_op::contiguous(rows_g.clone());
-            let e = common::rel_l2(&common::values(&rows_copy.matmul(leading_keys(&kg, keys).swap_dims(2, 3)).into_data()), &common::values(&scores_c.clone().into_data()));
-            println!("{}: {block}: scores of contiguous rows on unpadded keys (not the model's path): relative L2 {e:.2e}", t.name);
-            // The candidate fix, printed only: the same products through one fixed kernel
-            // (`untuned_matmul`) instead of the autotuned choice, unpadded and padded keys.
-            let (kp, vp, mp) = block_keys(&kg, &vg, &mask_g, r0, n, keys);
-            let padded = kp.dims()[2];
-            for (what, keys_g) in [("unpadded", leading_keys(&kg, keys)), ("padded", kp.clone())] {
-                let fixed = untuned_matmul(rows_g.clone(), keys_g.swap_dims(2, 3)).narrow(3, 0, keys);
-                let e = common::rel_l2(&common::values(&fixed.into_data()), &common::values(&scores_c.clone().into_data()));
-                println!("{}: {block}: scores on {what} keys, fixed kernel (not the model's path): relative L2 {e:.2e}", t.name);
-            }
-            // The model's path: a contiguous key prefix padded to KEY_ALIGN positions, hidden.
-            let scores_g = block_rows(&qg, r0, n).matmul(kp.swap_dims(2, 3));
-            check(format!("{block}: scores"), scores_g.narrow(3, 0, keys).into_data(), scores_c.clone().into_data());
+            let (kb, vb, m_g) = block_keys(&kg, &vg, &mask_g, r0, n, keys);
+            // Burn's autotuned matmul, printed only (not the model's path in f32).
+            let tuned = rows_g.clone().matmul(kb.clone().swap_dims(2, 3));
+            let e = common::rel_l2(&common::values(&tuned.into_data()), &common::values(&scores_c.clone().into_data()));
+            println!("{}: {block}: scores by Burn's autotuned matmul (printed only): relative L2 {e:.2e}", t.name);
+            check(format!("{block}: scores"), block_matmul(rows_g, kb.swap_dims(2, 3)).into_data(), scores_c.clone().into_data());
             // From here each op gets the CPU's inputs, so an error is that op's own.
             let m_c = mask_c.clone().narrow(3, r0, n).narrow(4, 0, keys);
-            check(format!("{block}: mask"), mp.clone().narrow(4, 0, keys).int().into_data(), m_c.clone().int().into_data());
+            check(format!("{block}: mask"), m_g.clone().int().into_data(), m_c.clone().int().into_data());
             let probs_c = masked_softmax(scores_c.clone(), m_c, rep, scale);
-            // CPU values on the device, with zero columns for the padded keys.
-            let padded_cols = |x: TensorData| {
-                let x = Tensor::<B, 4>::from_data(x, &t.device);
-                match padded - keys {
-                    0 => x,
-                    pad => Tensor::cat(vec![x, Tensor::zeros([1, kvh, rep * n, pad], &t.device)], 3),
-                }
-            };
-            let probs_g = masked_softmax(padded_cols(scores_c.into_data()), mp, rep, scale);
-            check(format!("{block}: masked softmax"), probs_g.narrow(3, 0, keys).into_data(), probs_c.clone().into_data());
+            let probs_g = masked_softmax(Tensor::<B, 4>::from_data(scores_c.into_data(), &t.device), m_g, rep, scale);
+            check(format!("{block}: masked softmax"), probs_g.into_data(), probs_c.clone().into_data());
             let out_c = probs_c.clone().matmul(vc.clone().narrow(2, 0, keys));
-            let out_g = padded_cols(probs_c.into_data()).matmul(vp);
+            let out_g = block_matmul(Tensor::<B, 4>::from_data(probs_c.into_data(), &t.device), vb);
             check(format!("{block}: probabilities times values"), out_g.into_data(), out_c.into_data());
         }
     }
     on_every_backend!(run);
+}
+
+/// Training's attention backward (`attention_grad::attention_backward`: Burn's autotuned
+/// products in bf16, the fused softmax gradient) in bf16 on CUDA against the f32 gradients of
+/// the CPU on the same bf16-rounded inputs, at the odd lengths where f32's autotuned products
+/// went wrong and at the 0.5B head shape.
+#[test]
+fn bf16_attention_gradients_equal_the_cpu() {
+    #[cfg(not(feature = "cuda"))]
+    println!("skipped: the bf16 gradient check runs on a CUDA build and GPU");
+    #[cfg(feature = "cuda")]
+    {
+        type G = burn::backend::Cuda<half::bf16>;
+        type C = medqlora::backend::CpuBackend;
+        let seed: u64 = rand::rng().random();
+        println!("cuda bf16: seed {seed}");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        fn grads<X: Backend>(dev: &X::Device, (q, k, v, dout): (&[f32], &[f32], &[f32], &[f32]), (kvh, rep, s, d): (usize, usize, usize, usize), block: usize) -> [Vec<f32>; 3] {
+            let t5 = |x: &[f32]| Tensor::<X, 5>::from_data(TensorData::new(x.to_vec(), [1, kvh, rep, s, d]), dev);
+            let t4 = |x: &[f32]| Tensor::<X, 4>::from_data(TensorData::new(x.to_vec(), [1, kvh, s, d]), dev);
+            let (dq, dk, dv) = attention_backward(t5(q), t4(k), t4(v), causal_mask::<X>(s, 0, dev), t5(dout), block);
+            [common::values(&dq.into_data()), common::values(&dk.into_data()), common::values(&dv.into_data())]
+        }
+        for (kvh, rep, d, s) in [(2, 2, 16, 599), (2, 2, 16, 600), (2, 2, 16, 1001), (2, 7, 64, 777)] {
+            let round = |x: Vec<f32>| x.into_iter().map(|v| half::bf16::from_f32(v).to_f32()).collect::<Vec<_>>();
+            let n5 = kvh * rep * s * d;
+            let (q, k, v, dout) = (round(common::bell(&mut rng, n5, 1.0)), round(common::bell(&mut rng, kvh * s * d, 1.0)), round(common::bell(&mut rng, kvh * s * d, 1.0)), round(common::bell(&mut rng, n5, 1.0)));
+            let inputs = (&q[..], &k[..], &v[..], &dout[..]);
+            let got = grads::<G>(&burn::backend::cuda::CudaDevice::new(0), inputs, (kvh, rep, s, d), QUERY_BLOCK);
+            let want = grads::<C>(&Default::default(), inputs, (kvh, rep, s, d), s);
+            let bound = 3e-2;
+            for (name, g, w) in [("dq", &got[0], &want[0]), ("dk", &got[1], &want[1]), ("dv", &got[2], &want[2])] {
+                let e = common::rel_l2(g, w);
+                println!("cuda bf16: kv heads {kvh} x {rep}, head dim {d}, length {s}: {name} relative L2 {e:.2e} (bound {bound:.0e})");
+                assert!(e.is_finite() && e <= bound, "bf16 length {s}: {name} relative L2 {e:e} > {bound:e} (seed {seed})");
+            }
+        }
+    }
 }
 
 /// The tiny fixture model's prefill (`forward_cached` on an empty cache, what the batched

@@ -56,27 +56,22 @@ pub fn dropout_split<B: Backend>(x: Tensor<B, 2>, seed: &Tensor<B, 1, Int>, p: f
 /// The kernels on CUDA tensors (contiguous copies first); anything else is given back.
 #[cfg(feature = "cuda")]
 mod cuda {
-    use crate::model::autodiff_op::{cast, float, prim};
+    use crate::model::autodiff_op::{float, prim};
+    use crate::model::cuda_tensor::{back as back_prim, cube, cube_of, Cube};
     use burn::tensor::backend::Backend;
     use burn::tensor::{Int, Tensor};
-    use medqlora_kernels::burn_cubecl::kernel::into_contiguous;
-    use medqlora_kernels::burn_cubecl::tensor::CubeTensor;
-    use medqlora_kernels::cubecl::cuda::CudaRuntime;
-
-    type Cube = CubeTensor<CudaRuntime>;
 
     /// `x` and the seed as contiguous CUDA tensors, or `x` back.
     fn operands<B: Backend, const D: usize>(x: Tensor<B, D>, seed: &Tensor<B, 1, Int>) -> Result<(Cube, Cube), Tensor<B, D>> {
-        let xc = match cast::<_, Cube>(prim(x)) {
-            Ok(c) => into_contiguous(c),
+        let xc = match cube(prim(x)) {
+            Ok(c) => c,
             Err(x) => return Err(float(x)),
         };
-        let sc = into_contiguous(cast::<_, Cube>(seed.clone().into_primitive()).unwrap_or_else(|_| unreachable!("the seed lives on x's backend")));
-        Ok((xc, sc))
+        Ok((xc, cube_of(seed.clone().into_primitive())))
     }
 
     fn back<B: Backend, const D: usize>(c: Cube) -> Tensor<B, D> {
-        float(cast(c).unwrap_or_else(|_| unreachable!("a CUDA tensor of B")))
+        float(back_prim(c))
     }
 
     pub(super) fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, seed: &Tensor<B, 1, Int>, p: f64) -> Result<Tensor<B, D>, Tensor<B, D>> {

@@ -82,9 +82,19 @@ pub const QUERY_BLOCK: usize = 512;
 /// (a query never sees a later position) -> `[b, kv_heads, rep, s, d]`.
 ///
 /// Under autodiff (training) this is one operation that keeps only q, k, v and recomputes the
-/// probabilities in its backward ([`super::attention_grad`]); otherwise [`attend_causal_ops`].
+/// probabilities in its backward ([`super::attention_grad`]); otherwise
+/// [`attend_causal_untracked`].
 pub fn attend_causal<B: Backend>(q: Tensor<B, 5>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: &Tensor<B, 5, Bool>, block: usize) -> Tensor<B, 5> {
     match super::attention_grad::try_autodiff(q, k, v, mask, block) {
+        Ok(out) => out,
+        Err((q, k, v)) => attend_causal_untracked(q, k, v, mask, block),
+    }
+}
+
+/// [`attend_causal`] without a tape: the fused kernel where it takes the operands (CUDA,
+/// bf16/f16, [`super::attention_kernel`]), else [`attend_causal_ops`].
+pub fn attend_causal_untracked<B: Backend>(q: Tensor<B, 5>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: &Tensor<B, 5, Bool>, block: usize) -> Tensor<B, 5> {
+    match super::attention_kernel::fused_causal(q, k, v, mask) {
         Ok(out) => out,
         Err((q, k, v)) => attend_causal_ops(q, k, v, mask, block),
     }
@@ -144,31 +154,6 @@ pub fn query_blocks(s: usize, seen: usize, block: usize) -> Vec<(usize, usize, u
     (0..s).step_by(block).map(|r0| (r0, block.min(s - r0), seen + (r0 + block).min(s))).collect()
 }
 
-/// A block's key axis is padded to a multiple of this many positions for its products.
-///
-/// Why: Burn's CUDA matmul gave wrong scores for a query block against all 599 keys of a
-/// 599-token sequence (relative L2 0.997 against the CPU on an H100, 2026-12-06,
-/// `tests/attention_blocks.rs`), where blocks against 87 and 512 keys were right (the same
-/// layouts, contiguous keys, read transposed). Padded keys and values are zeros and the mask
-/// hides them, so every row's softmax and output are unchanged; the training shapes (2,048
-/// tokens: blocks against 1,024 and 2,048 keys) need no padding.
-pub const KEY_ALIGN: usize = 64;
-
-/// `k, v: [b, kvh, t, d]` and `mask: [_, 1, 1, n, t]` with the key axis `t` padded to a
-/// multiple of [`KEY_ALIGN`] (zero keys and values, hidden); unchanged when it is one.
-pub fn pad_keys<B: Backend>(k: Tensor<B, 4>, v: Tensor<B, 4>, mask: Tensor<B, 5, Bool>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 5, Bool>) {
-    let [b, kvh, t, d] = k.dims();
-    let pad = t.next_multiple_of(KEY_ALIGN) - t;
-    if pad == 0 {
-        return (k, v, mask);
-    }
-    let dev = k.device();
-    let zeros = Tensor::<B, 4>::zeros([b, kvh, pad, d], (&dev, k.dtype()));
-    let [mb, _, _, n, _] = mask.dims();
-    let hidden = Tensor::<B, 5, Bool>::ones([mb, 1, 1, n, pad], &dev);
-    (Tensor::cat(vec![k, zeros.clone()], 2), Tensor::cat(vec![v, zeros], 2), Tensor::cat(vec![mask, hidden], 4))
-}
-
 /// Rows `r0 .. r0 + n` of `x: [b, kvh, rep, s, d]` (queries or their output gradient) as the
 /// block's products take them: `[b, kvh, rep * n, d]`.
 pub fn block_rows<B: Backend>(x: &Tensor<B, 5>, r0: usize, n: usize) -> Tensor<B, 4> {
@@ -177,21 +162,40 @@ pub fn block_rows<B: Backend>(x: &Tensor<B, 5>, r0: usize, n: usize) -> Tensor<B
 }
 
 /// What the block of query rows `r0 .. r0 + n` multiplies, from `k, v: [b, kvh, t, d]` and
-/// `mask: [_, 1, 1, s, t]`: keys and values `0..keys` ([`leading_keys`]) and the block's mask,
-/// all padded to a multiple of [`KEY_ALIGN`] positions ([`pad_keys`]). The forward and the
-/// backward ([`super::attention_grad`]) take a block's operands only from here and
-/// [`block_rows`].
+/// `mask: [_, 1, 1, s, t]`: keys and values `0..keys` ([`leading_keys`]) and the block's mask.
+/// The forward and the backward ([`super::attention_grad`]) take a block's operands only from
+/// here and [`block_rows`].
 pub fn block_keys<B: Backend>(k: &Tensor<B, 4>, v: &Tensor<B, 4>, mask: &Tensor<B, 5, Bool>, r0: usize, n: usize, keys: usize) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 5, Bool>) {
-    pad_keys(leading_keys(k, keys), leading_keys(v, keys), mask.clone().narrow(3, r0, n).narrow(4, 0, keys))
+    (leading_keys(k, keys), leading_keys(v, keys), mask.clone().narrow(3, r0, n).narrow(4, 0, keys))
+}
+
+/// A product of a block's operands (`a: [.., m, k]`, `b: [.., k, n]`): Burn's matmul, except
+/// in f32 on CUDA, where cubek's fixed default kernel runs it
+/// ([`super::autodiff_op::untuned_matmul`]).
+///
+/// Why: the kernel Burn's autotuning picked for an f32 product of a 599-token sequence's tail
+/// block (87 query rows of 2 heads against 599 keys, head dim 16) gave wrong scores on an
+/// H100, relative L2 0.997 against the CPU, with a fresh tuning cache too, whatever its keys
+/// and rows were padded to; the fixed kernel gave 3e-4 on the same inputs (2026-12-06,
+/// `tests/attention_blocks.rs`). bf16 and f16, the dtypes models run in, keep the autotuned
+/// kernels: at the 7B training shape they took 70-92 us per product where the fixed kernel
+/// took 128-401 (`medqlora bench kernels --attention`), and the same tests check their
+/// forward (the fused kernel, [`super::attention_kernel`]) and backward at odd lengths.
+pub fn block_matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+    if a.dtype() == burn::tensor::DType::F32 {
+        super::autodiff_op::untuned_matmul(a, b)
+    } else {
+        a.matmul(b)
+    }
 }
 
 /// Eager attention of one block: `q: [b, kvh, rep * n, d]` ([`block_rows`]), `k, v:
 /// [b, kvh, t, d]`, `mask: [_, 1, 1, n, t]` ([`block_keys`]) -> `[b, kvh, rep * n, d]`.
 fn attend<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: Tensor<B, 5, Bool>, rep: usize) -> Tensor<B, 4> {
     let d = q.dims()[3];
-    let scores = q.matmul(k.swap_dims(2, 3));
+    let scores = block_matmul(q, k.swap_dims(2, 3));
     let probs = masked_softmax(scores, mask, rep, (d as f64).powf(-0.5));
-    probs.matmul(v)
+    block_matmul(probs, v)
 }
 
 #[cfg(test)]

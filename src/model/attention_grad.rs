@@ -15,7 +15,7 @@
 //! Used on the autodiff backends the trainer runs ([`super::autodiff_op`]); any other backend
 //! takes the tensor-op version.
 
-use super::attention::{attend_causal_ops, block_keys, block_rows};
+use super::attention::{attend_causal_untracked, block_keys, block_matmul, block_rows};
 use super::autodiff_op::{cast, float, on_training_backend, TrainingOp};
 use super::softmax::masked_softmax_backward;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -29,7 +29,7 @@ use burn::tensor::ops::{BoolTensor, FloatTensor};
 use burn::tensor::{Bool, DType, Tensor};
 use std::any::Any;
 
-/// Gradients of [`attend_causal_ops`] w.r.t. `q [b, kvh, rep, s, d]`, `k, v [b, kvh, t, d]`
+/// Gradients of [`super::attention::attend_causal_ops`] w.r.t. `q [b, kvh, rep, s, d]`, `k, v [b, kvh, t, d]`
 /// for the output gradient `dout [b, kvh, rep, s, d]`, recomputing the probabilities block
 /// by block (the forward's blocks, [`super::attention::query_blocks`]).
 pub fn attention_backward<B: Backend>(
@@ -48,17 +48,15 @@ pub fn attention_backward<B: Backend>(
     let blocks = super::attention::query_blocks(s, t - s, block);
     let mut dqs = Vec::with_capacity(blocks.len());
     for (r0, n, keys) in blocks {
-        // Padded keys (see `KEY_ALIGN`) get gradients that are cut off below.
         let qb = block_rows(&q, r0, n);
         let (kb, vb, m) = block_keys(&k, &v, &mask, r0, n, keys);
-        let scores = qb.clone().matmul(kb.clone().swap_dims(2, 3));
+        let scores = block_matmul(qb.clone(), kb.clone().swap_dims(2, 3));
         let dob = block_rows(&dout, r0, n);
-        let dp = dob.clone().matmul(vb.swap_dims(2, 3));
+        let dp = block_matmul(dob.clone(), vb.swap_dims(2, 3));
         let (pd, ds) = masked_softmax_backward(scores, dp, m, rep, scale);
         let dvb = group_atb(pd, dob, rep);
-        dqs.push(ds.clone().matmul(kb).reshape([b, kvh, rep, n, d]));
-        let dkb = group_atb(ds, qb, rep).narrow(2, 0, keys);
-        let dvb = dvb.narrow(2, 0, keys);
+        dqs.push(block_matmul(ds.clone(), kb).reshape([b, kvh, rep, n, d]));
+        let dkb = group_atb(ds, qb, rep);
         let range = [0..b, 0..kvh, 0..keys, 0..d];
         dk = dk.clone().slice_assign(range.clone(), dk.slice(range.clone()) + dkb);
         dv = dv.clone().slice_assign(range.clone(), dv.slice(range) + dvb);
@@ -77,12 +75,12 @@ pub fn attention_backward<B: Backend>(
 fn group_atb<B: Backend>(x: Tensor<B, 4>, y: Tensor<B, 4>, rep: usize) -> Tensor<B, 4> {
     let ([b, kvh, rows, t], e) = (x.dims(), y.dims()[3]);
     if rep == 1 {
-        return x.swap_dims(2, 3).matmul(y);
+        return block_matmul(x.swap_dims(2, 3), y);
     }
     let dtype = x.dtype();
     let x = x.reshape([b * kvh, rep, rows / rep, t]).swap_dims(2, 3);
     let y = y.reshape([b * kvh, rep, rows / rep, e]);
-    x.matmul(y).cast(DType::F32).sum_dim(1).reshape([b, kvh, t, e]).cast(dtype)
+    block_matmul(x, y).cast(DType::F32).sum_dim(1).reshape([b, kvh, t, e]).cast(dtype)
 }
 
 /// The operation's backward: its saved inputs and the block size.
@@ -130,7 +128,7 @@ fn on_autodiff<B: Backend, C: CheckpointStrategy>(
 ) -> Tensor<Autodiff<B, C>, 5> {
     let (q, k, v) = (q.into_primitive().tensor(), k.into_primitive().tensor(), v.into_primitive().tensor());
     let mask_inner: BoolTensor<B> = mask.clone().into_primitive();
-    let out = attend_causal_ops::<B>(
+    let out = attend_causal_untracked::<B>(
         float(q.primitive.clone()),
         float(k.primitive.clone()),
         float(v.primitive.clone()),

@@ -36,15 +36,10 @@ pub(crate) fn cast<T: 'static, U: 'static>(t: T) -> Result<U, T> {
 /// `tests/attention_blocks.rs::each_op_of_a_block_equals_the_cpu`).
 pub fn contiguous<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
     #[cfg(feature = "cuda")]
-    {
-        use medqlora_kernels::burn_cubecl::kernel::into_contiguous;
-        use medqlora_kernels::burn_cubecl::tensor::CubeTensor;
-        use medqlora_kernels::cubecl::cuda::CudaRuntime;
-        match cast::<FloatTensor<B>, CubeTensor<CudaRuntime>>(prim(t)) {
-            Ok(c) => float(cast(into_contiguous(c)).unwrap_or_else(|_| unreachable!("a CUDA tensor of B"))),
-            Err(p) => float(p),
-        }
-    }
+    return match super::cuda_tensor::cube(prim(t)) {
+        Ok(c) => float(super::cuda_tensor::back(c)),
+        Err(p) => float(p),
+    };
     #[cfg(not(feature = "cuda"))]
     t
 }
@@ -53,21 +48,19 @@ pub fn contiguous<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
 /// `SimpleCyclicCmma`, falling back to `SimpleUnit`) rather than Burn's autotuned choice.
 ///
 /// Why it exists: which of cubek's ~30 matmul kernels runs a shape is chosen by timing on
-/// each machine, and on one H100 (2026-12-06) the chosen one gave a 599-token sequence's tail
-/// attention block wrong scores (relative L2 0.997) however its keys and rows were padded,
-/// where the same binary had been right on another H100. Not yet used by the model:
-/// `tests/attention_blocks.rs` prints its scores beside the model's so that one GPU run shows
-/// whether it is right there, before attention switches to it (and its speed is measured).
+/// each machine, and on H100s (2026-12-06) the chosen one gave a 599-token sequence's tail
+/// attention block wrong f32 scores (relative L2 0.997) where this kernel was right; f32
+/// attention products take it ([`super::attention::block_matmul`]).
 pub fn untuned_matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
     #[cfg(feature = "cuda")]
     {
+        use super::cuda_tensor::Cube;
         use medqlora_kernels::burn_cubecl::kernel::matmul::{matmul, MatmulStrategy};
-        use medqlora_kernels::burn_cubecl::tensor::CubeTensor;
-        use medqlora_kernels::cubecl::cuda::CudaRuntime;
-        match cast::<FloatTensor<B>, CubeTensor<CudaRuntime>>(prim(a)) {
+        // No contiguous copies: the kernel reads strided operands (a transposed key block).
+        match cast::<FloatTensor<B>, Cube>(prim(a)) {
             Ok(ac) => {
-                let bc = cast::<FloatTensor<B>, CubeTensor<CudaRuntime>>(prim(b)).unwrap_or_else(|_| unreachable!("operands of one backend"));
-                let back = |c: CubeTensor<CudaRuntime>| float::<B, D>(cast(c).unwrap_or_else(|_| unreachable!("a CUDA tensor of B")));
+                let bc = cast::<FloatTensor<B>, Cube>(prim(b)).unwrap_or_else(|_| unreachable!("operands of one backend"));
+                let back = |c: Cube| float::<B, D>(super::cuda_tensor::back(c));
                 let dtype = ac.dtype;
                 match matmul(ac.clone(), bc.clone(), None, MatmulStrategy::Cube, dtype) {
                     Ok(out) => back(out),

@@ -2,8 +2,11 @@
 
 pub mod attention;
 pub mod attention_grad;
+pub mod attention_kernel;
 pub mod autodiff_op;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda_tensor;
 pub mod embedding;
 pub mod frozen_matmul;
 pub mod inventory;

@@ -96,41 +96,28 @@ fn backward_prim<B: Backend>(x: FloatTensor<B>, w: FloatTensor<B>, dy: FloatTens
 /// different dtypes) takes the tensor ops.
 #[cfg(feature = "cuda")]
 mod cuda {
-    use super::cast;
+    use crate::model::cuda_tensor::{back, cube, cube_of};
     use burn::tensor::backend::Backend;
     use burn::tensor::ops::FloatTensor;
-    use medqlora_kernels::burn_cubecl::kernel::into_contiguous;
-    use medqlora_kernels::burn_cubecl::tensor::CubeTensor;
-    use medqlora_kernels::cubecl::cuda::CudaRuntime;
     use medqlora_kernels::rmsnorm;
 
-    type Cube = CubeTensor<CudaRuntime>;
-
-    fn back<B: Backend>(c: Cube) -> FloatTensor<B> {
-        cast(c).unwrap_or_else(|_| unreachable!("B's float tensors are CUDA cube tensors"))
-    }
-
-    fn cube<B: Backend>(t: FloatTensor<B>) -> Cube {
-        into_contiguous(cast(t).unwrap_or_else(|_| unreachable!("operands of one backend")))
-    }
-
     pub(super) fn forward<B: Backend>(x: FloatTensor<B>, w: FloatTensor<B>, eps: f64) -> Result<FloatTensor<B>, (FloatTensor<B>, FloatTensor<B>)> {
-        let x = match cast::<_, Cube>(x) {
-            Ok(x) => into_contiguous(x),
+        let x = match cube(x) {
+            Ok(x) => x,
             Err(x) => return Err((x, w)),
         };
-        let w = cube::<B>(w);
-        rmsnorm::rmsnorm_forward(&x, &w, eps as f32).map(back::<B>).map_err(|_| (back::<B>(x), back::<B>(w)))
+        let w = cube_of(w);
+        rmsnorm::rmsnorm_forward(&x, &w, eps as f32).map(back::<FloatTensor<B>>).map_err(|_| (back(x), back(w)))
     }
 
     #[allow(clippy::type_complexity)]
     pub(super) fn backward<B: Backend>(x: FloatTensor<B>, w: FloatTensor<B>, dy: FloatTensor<B>, eps: f64) -> Result<FloatTensor<B>, (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>)> {
-        let x = match cast::<_, Cube>(x) {
-            Ok(x) => into_contiguous(x),
+        let x = match cube(x) {
+            Ok(x) => x,
             Err(x) => return Err((x, w, dy)),
         };
-        let (w, dy) = (cube::<B>(w), cube::<B>(dy));
-        rmsnorm::rmsnorm_backward(&x, &w, &dy, eps as f32).map(back::<B>).map_err(|_| (back::<B>(x), back::<B>(w), back::<B>(dy)))
+        let (w, dy) = (cube_of(w), cube_of(dy));
+        rmsnorm::rmsnorm_backward(&x, &w, &dy, eps as f32).map(back::<FloatTensor<B>>).map_err(|_| (back(x), back(w), back(dy)))
     }
 }
 

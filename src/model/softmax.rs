@@ -60,22 +60,10 @@ fn scaled_f32<B: Backend>(scores: Tensor<B, 4>, mask: Tensor<B, 5, Bool>, rep: u
 #[cfg(feature = "cuda")]
 mod cuda {
     use crate::model::autodiff_op::{float, prim};
+    use crate::model::cuda_tensor::{back, cube, cube_of};
     use burn::tensor::backend::Backend;
     use burn::tensor::{Bool, Tensor};
-    use medqlora_kernels::burn_cubecl::kernel::into_contiguous;
-    use medqlora_kernels::burn_cubecl::tensor::CubeTensor;
-    use medqlora_kernels::cubecl::cuda::CudaRuntime;
     use medqlora_kernels::softmax::{self, Rows};
-
-    type Cube = CubeTensor<CudaRuntime>;
-
-    fn cube<T: 'static>(t: T) -> Result<Cube, T> {
-        crate::model::autodiff_op::cast(t).map(into_contiguous)
-    }
-
-    fn back<T: 'static>(c: Cube) -> T {
-        crate::model::autodiff_op::cast(c).unwrap_or_else(|_| unreachable!("B's tensors are CUDA cube tensors"))
-    }
 
     /// The kernels' row layout for `scores: [b, kvh, rep * n, t]` and `mask: [bm, 1, 1, n, t]`.
     fn layout(scores: [usize; 4], mask: [usize; 5], rep: usize) -> Option<Rows> {
@@ -92,7 +80,7 @@ mod cuda {
             Ok(s) => s,
             Err(s) => return Err((float(s), mask)),
         };
-        let m = cube(mask.into_primitive()).unwrap_or_else(|_| unreachable!("bool and float tensors of one backend"));
+        let m = cube_of(mask.into_primitive());
         match softmax::masked_softmax(&s, &m, rows, scale as f32) {
             Ok(p) => Ok(float(back(p))),
             Err(_) => Err((float(back(s)), Tensor::from_primitive(back(m)))),
@@ -107,8 +95,8 @@ mod cuda {
             Ok(s) => s,
             Err(s) => return Err((float(s), dp, mask)),
         };
-        let g = cube(prim(dp)).unwrap_or_else(|_| unreachable!("scores and dP share a backend"));
-        let m = cube(mask.into_primitive()).unwrap_or_else(|_| unreachable!("bool and float tensors of one backend"));
+        let g = cube_of(prim(dp));
+        let m = cube_of(mask.into_primitive());
         match softmax::masked_softmax_backward(&s, &g, &m, rows, scale as f32) {
             Ok((p, ds)) => Ok((float(back(p)), float(back(ds)))),
             Err(_) => Err((float(back(s)), float(back(g)), Tensor::from_primitive(back(m)))),

@@ -63,31 +63,18 @@ fn backward_prim<B: Backend, const D: usize>(g: FloatTensor<B>, u: FloatTensor<B
 /// a layout the kernels refuse (e.g. operands of different dtypes) takes the tensor ops.
 #[cfg(feature = "cuda")]
 mod cuda {
-    use super::cast;
+    use crate::model::cuda_tensor::{back, cube, cube_of};
     use burn::tensor::backend::Backend;
     use burn::tensor::ops::FloatTensor;
-    use medqlora_kernels::burn_cubecl::kernel::into_contiguous;
-    use medqlora_kernels::burn_cubecl::tensor::CubeTensor;
-    use medqlora_kernels::cubecl::cuda::CudaRuntime;
     use medqlora_kernels::swiglu;
 
-    type Cube = CubeTensor<CudaRuntime>;
-
-    fn cube<B: Backend>(t: FloatTensor<B>) -> Cube {
-        into_contiguous(cast(t).unwrap_or_else(|_| unreachable!("operands of one backend")))
-    }
-
-    fn back<B: Backend>(c: Cube) -> FloatTensor<B> {
-        cast(c).unwrap_or_else(|_| unreachable!("B's float tensors are CUDA cube tensors"))
-    }
-
     pub(super) fn forward<B: Backend>(g: FloatTensor<B>, u: FloatTensor<B>) -> Result<FloatTensor<B>, (FloatTensor<B>, FloatTensor<B>)> {
-        let g = match cast::<_, Cube>(g) {
-            Ok(g) => into_contiguous(g),
+        let g = match cube(g) {
+            Ok(g) => g,
             Err(g) => return Err((g, u)),
         };
-        let u = cube::<B>(u);
-        swiglu::swiglu_forward(&g, &u).map(back::<B>).map_err(|_| (back::<B>(g), back::<B>(u)))
+        let u = cube_of(u);
+        swiglu::swiglu_forward(&g, &u).map(back::<FloatTensor<B>>).map_err(|_| (back(g), back(u)))
     }
 
     #[allow(clippy::type_complexity)]
@@ -96,14 +83,14 @@ mod cuda {
         u: FloatTensor<B>,
         dh: FloatTensor<B>,
     ) -> Result<(FloatTensor<B>, FloatTensor<B>), (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>)> {
-        let g = match cast::<_, Cube>(g) {
-            Ok(g) => into_contiguous(g),
+        let g = match cube(g) {
+            Ok(g) => g,
             Err(g) => return Err((g, u, dh)),
         };
-        let (u, dh) = (cube::<B>(u), cube::<B>(dh));
+        let (u, dh) = (cube_of(u), cube_of(dh));
         match swiglu::swiglu_backward(&g, &u, &dh) {
-            Ok((dg, du)) => Ok((back::<B>(dg), back::<B>(du))),
-            Err(_) => Err((back::<B>(g), back::<B>(u), back::<B>(dh))),
+            Ok((dg, du)) => Ok((back(dg), back(du))),
+            Err(_) => Err((back(g), back(u), back(dh))),
         }
     }
 }

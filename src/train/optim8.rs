@@ -75,34 +75,25 @@ pub fn step<B: Backend, const D: usize>(p: Tensor<B, D>, g: Tensor<B, D>, s: &Q8
 #[cfg(feature = "cuda")]
 mod cuda {
     use super::{Adam8Step, Q8Moments};
-    use burn::tensor::{backend::Backend, Int, Tensor, TensorPrimitive};
+    use crate::model::autodiff_op::{float, prim};
+    use crate::model::cuda_tensor::{back, cube, cube_of, Cube};
+    use burn::tensor::{backend::Backend, Int, Tensor};
     use medqlora_kernels::adamw8::{adamw8_step, Adam8Device};
-    use medqlora_kernels::burn_cubecl::kernel::into_contiguous;
-    use medqlora_kernels::burn_cubecl::tensor::CubeTensor;
-    use medqlora_kernels::cubecl::cuda::CudaRuntime;
-    use std::any::Any;
-
-    type Cube = CubeTensor<CudaRuntime>;
 
     fn float_prim<B: Backend>(t: Tensor<B, 1>) -> Result<Cube, Tensor<B, 1>> {
-        let prim = t.into_primitive().tensor();
-        (Box::new(prim) as Box<dyn Any>)
-            .downcast::<Cube>()
-            .map(|c| into_contiguous(*c))
-            .map_err(|b| Tensor::from_primitive(TensorPrimitive::Float(*b.downcast().expect("same type"))))
-    }
-
-    fn int_prim<B: Backend>(t: &Tensor<B, 1, Int>) -> Option<Cube> {
-        (Box::new(t.clone().into_primitive()) as Box<dyn Any>).downcast::<Cube>().ok().map(|c| into_contiguous(*c))
+        cube(prim(t)).map_err(float)
     }
 
     fn float_back<B: Backend>(c: Cube) -> Tensor<B, 1> {
-        let prim = *(Box::new(c) as Box<dyn Any>).downcast().expect("B's float tensors are CUDA cube tensors");
-        Tensor::from_primitive(TensorPrimitive::Float(prim))
+        float(back(c))
+    }
+
+    fn int_of<B: Backend>(t: &Tensor<B, 1, Int>) -> Cube {
+        cube_of(t.clone().into_primitive())
     }
 
     fn int_back<B: Backend>(c: Cube) -> Tensor<B, 1, Int> {
-        Tensor::from_primitive(*(Box::new(c) as Box<dyn Any>).downcast().expect("B's int tensors are CUDA cube tensors"))
+        Tensor::from_primitive(back(c))
     }
 
     /// The kernel when `B` is a CUDA backend; the inputs back otherwise.
@@ -116,13 +107,8 @@ mod cuda {
             Ok(p) => p,
             Err(p) => return Err((p, g)),
         };
-        let g = match float_prim(g) {
-            Ok(g) => g,
-            Err(_) => unreachable!("p and g are tensors of the same backend"),
-        };
-        let (Some(m), Some(v)) = (int_prim(&s.m), int_prim(&s.v)) else { unreachable!("same backend") };
-        let (Ok(am), Ok(av)) = (float_prim(s.absmax_m.clone()), float_prim(s.absmax_v.clone())) else { unreachable!("same backend") };
-        let state = Adam8Device { m, v, absmax_m: am, absmax_v: av };
+        let g = cube_of(prim(g));
+        let state = Adam8Device { m: int_of(&s.m), v: int_of(&s.v), absmax_m: cube_of(prim(s.absmax_m.clone())), absmax_v: cube_of(prim(s.absmax_v.clone())) };
         match adamw8_step(&p, &g, &state, h) {
             Ok((p, out)) => Ok((
                 float_back(p),

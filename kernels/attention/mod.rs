@@ -1,0 +1,23 @@
+//! Causal attention of grouped queries in one kernel: `softmax(q k^T * scale + mask) v` with
+//! the scores and probabilities kept on chip (the block structure of FlashAttention, two
+//! passes over the keys; see `kernel`), tensor-core products, bf16/f16 storage and f32 math.
+//!
+//! Why: the model's attention as Burn ops is three products and a softmax per query block,
+//! and which of cubek's matmul kernels runs a product is chosen by timing on each machine; on
+//! one H100 (2026-12-06) the chosen kernel gave a 599-token sequence's tail block wrong scores
+//! (relative L2 0.997, `tests/attention_blocks.rs`) where another H100 had been right with the
+//! same binary. This kernel is one fixed program, tested here against the plain reference on
+//! random shapes; the model's forward (inference, and training's forward and recomputation)
+//! takes it on CUDA (`model::attention`). Gradients stay with the block-wise tensor-op
+//! backward (`model::attention_grad`).
+
+pub mod reference;
+
+#[cfg(feature = "launch")]
+pub(crate) mod kernel;
+#[cfg(feature = "launch")]
+pub use kernel::{causal_attention, causal_attention_into, MAX_HEAD_DIM};
+pub use reference::Causal;
+
+#[cfg(test)]
+mod tests;

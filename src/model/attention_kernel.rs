@@ -1,0 +1,58 @@
+//! Causal attention as one fused kernel on CUDA (`medqlora_kernels::attention`), for every
+//! forward without a tape: inference (prefill, batched decoding, evaluation) and the forward
+//! and recomputation of training's attention operation ([`super::attention_grad`], whose
+//! backward keeps the block-wise tensor ops).
+//!
+//! Why: as Burn ops each query block is three matmuls and a softmax, the matmul kernel chosen
+//! per machine by autotuning; on one H100 the chosen one gave a 599-token prompt's tail block
+//! wrong scores (`tests/attention_blocks.rs`). The kernel is one fixed program that keeps the
+//! scores on chip. It takes bf16/f16 (tensor cores); f32 and anything else it refuses go to
+//! [`super::attention::attend_causal_ops`].
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Tensor};
+
+/// `softmax(q k^T d^-0.5 + mask) v` for `q: [b, kv_heads, rep, s, d]`, `k, v: [b, kv_heads,
+/// t, d]`, `mask: [b or 1, 1, 1, s, t]` (causal: it hides every key after a query's position)
+/// by the fused kernel, or the operands back when it does not take them.
+#[allow(clippy::type_complexity)]
+pub fn fused_causal<B: Backend>(q: Tensor<B, 5>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: &Tensor<B, 5, Bool>) -> Result<Tensor<B, 5>, (Tensor<B, 5>, Tensor<B, 4>, Tensor<B, 4>)> {
+    #[cfg(feature = "cuda")]
+    return cuda::fused_causal(q, k, v, mask);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = mask;
+        Err((q, k, v))
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use crate::model::autodiff_op::float;
+    use crate::model::cuda_tensor::{back, cube, cube_of};
+    use burn::tensor::backend::Backend;
+    use burn::tensor::{Bool, DType, Tensor};
+    use medqlora_kernels::attention::{causal_attention, Causal, MAX_HEAD_DIM};
+
+    #[allow(clippy::type_complexity)]
+    pub(super) fn fused_causal<B: Backend>(q: Tensor<B, 5>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: &Tensor<B, 5, Bool>) -> Result<Tensor<B, 5>, (Tensor<B, 5>, Tensor<B, 4>, Tensor<B, 4>)> {
+        let [b, kv_heads, rep, s, d] = q.dims();
+        let t = k.dims()[2];
+        let [mask_batches, ..] = mask.dims();
+        let taken = matches!(q.dtype(), DType::BF16 | DType::F16) && d % 16 == 0 && d <= MAX_HEAD_DIM && s > 0 && (mask_batches == 1 || mask_batches == b);
+        if !taken {
+            return Err((q, k, v));
+        }
+        let qc = match cube(q.into_primitive().tensor()) {
+            Ok(c) => c,
+            Err(p) => return Err((float(p), k, v)),
+        };
+        let (kc, vc) = (cube_of(k.into_primitive().tensor()), cube_of(v.into_primitive().tensor()));
+        let mc = cube_of(mask.clone().into_primitive());
+        let shape = Causal { batch: b, kv_heads, rep, s, t, d, mask_batches };
+        match causal_attention(&qc, &kc, &vc, &mc, shape, (d as f32).powf(-0.5)) {
+            Ok(out) => Ok(float::<B, 5>(back(out))),
+            Err(_) => Err((float::<B, 5>(back(qc)), float::<B, 4>(back(kc)), float::<B, 4>(back(vc)))),
+        }
+    }
+}
