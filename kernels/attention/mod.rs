@@ -2,14 +2,15 @@
 //! the scores and probabilities kept on chip (the block structure of FlashAttention, two
 //! passes over the keys; see `kernel`), tensor-core products, bf16/f16 storage and f32 math.
 //!
-//! Why: the model's attention as Burn ops is three products and a softmax per query block,
+//! Why: the model's attention as Burn ops is two products and a softmax per query block,
 //! and which of cubek's matmul kernels runs a product is chosen by timing on each machine; on
 //! one H100 (2026-12-06) the chosen kernel gave a 599-token sequence's tail block wrong scores
 //! (relative L2 0.997, `tests/attention_blocks.rs`) where another H100 had been right with the
 //! same binary. This kernel is one fixed program, tested here against the plain reference on
-//! random shapes; the model's forward (inference, and training's forward and recomputation)
-//! takes it on CUDA (`model::attention`). Gradients stay with the block-wise tensor-op
-//! backward (`model::attention_grad`).
+//! random shapes; the model's forward without a tape (generation, evaluation) takes it on CUDA
+//! (`model::attention_kernel`). Training keeps the block-wise ops (`model::attention_grad`):
+//! this kernel is not yet fast (21.8 TFLOP/s on the 7B training shape, H100: two passes, no
+//! prefetching, one 32-key tile per barrier) and has no backward.
 
 pub mod reference;
 
