@@ -114,9 +114,12 @@ fn fused_bf16_attention_equals_eager_attention_on_the_cpu() {
                 attend_causal_ops(q, k, v, &mask, s).into_data()
             };
             let mask = Tensor::<G, 5, Bool>::from_data(TensorData::new(hidden, [b, 1, 1, s, s]), &gpu);
-            let q = Tensor::<G, 5>::from_data(TensorData::new(q, [b, kvh, rep, s, d]), &gpu);
-            let k = Tensor::<G, 4>::from_data(TensorData::new(k, [b, kvh, s, d]), &gpu);
-            let v = Tensor::<G, 4>::from_data(TensorData::new(v, [b, kvh, s, d]), &gpu);
+            // The dtype is named: without it the device's default applies, which an earlier
+            // f32 test on the same device sets to f32.
+            let bf16 = (&gpu, burn::tensor::DType::BF16);
+            let q = Tensor::<G, 5>::from_data(TensorData::new(q, [b, kvh, rep, s, d]), bf16);
+            let k = Tensor::<G, 4>::from_data(TensorData::new(k, [b, kvh, s, d]), bf16);
+            let v = Tensor::<G, 4>::from_data(TensorData::new(v, [b, kvh, s, d]), bf16);
             let got = fused_causal(q, k, v, &mask).unwrap_or_else(|_| panic!("the kernel refused bf16 {b}x{kvh}x{rep}x{s}x{d}"));
             let e = common::rel_l2(&common::values(&got.into_data()), &common::values(&want));
             let bound = 1e-2;
@@ -205,9 +208,12 @@ fn bf16_attention_gradients_equal_the_cpu() {
         println!("cuda bf16: seed {seed}");
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         fn grads<X: Backend>(dev: &X::Device, (q, k, v, dout): (&[f32], &[f32], &[f32], &[f32]), (kvh, rep, s, d): (usize, usize, usize, usize), block: usize) -> [Vec<f32>; 3] {
-            let t5 = |x: &[f32]| Tensor::<X, 5>::from_data(TensorData::new(x.to_vec(), [1, kvh, rep, s, d]), dev);
-            let t4 = |x: &[f32]| Tensor::<X, 4>::from_data(TensorData::new(x.to_vec(), [1, kvh, s, d]), dev);
+            // The backend's own float dtype, named (see the fused test above).
+            let dtype = (dev, <X::FloatElem as burn::tensor::Element>::dtype());
+            let t5 = |x: &[f32]| Tensor::<X, 5>::from_data(TensorData::new(x.to_vec(), [1, kvh, rep, s, d]), dtype);
+            let t4 = |x: &[f32]| Tensor::<X, 4>::from_data(TensorData::new(x.to_vec(), [1, kvh, s, d]), dtype);
             let (dq, dk, dv) = attention_backward(t5(q), t4(k), t4(v), causal_mask::<X>(s, 0, dev), t5(dout), block);
+            assert_eq!(dq.dtype(), dtype.1, "gradients in the backend's dtype");
             [common::values(&dq.into_data()), common::values(&dk.into_data()), common::values(&dv.into_data())]
         }
         for (kvh, rep, d, s) in [(2, 2, 16, 599), (2, 2, 16, 600), (2, 2, 16, 1001), (2, 7, 64, 777)] {
