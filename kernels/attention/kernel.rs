@@ -12,6 +12,7 @@
 
 use super::reference::Causal;
 use crate::device::{empty, numel, KernelError};
+use crate::gemm::kernel::zero_accumulators_n;
 use crate::gemm::pipelined::fragment;
 use burn_backend::{BoolStore, DType};
 use burn_cubecl::tensor::CubeTensor;
@@ -25,9 +26,9 @@ pub(crate) const BC: usize = 32;
 /// Row stride of the probability tile, in 8-element vectors (32 + 8 padding elements).
 const LDPV: usize = 5;
 
-/// Copies `rows` rows of `d` elements (row-major, `d / 8` vectors each) starting at vector
-/// `first` of `src` into `tile` (row stride `d + 8` elements), rows `from .. from + 32`; rows
-/// `>= valid` are zeros.
+/// Copies rows `from .. from + 32` of a row-major `[_, d]` matrix (`d / 8` vectors per row,
+/// row 0 at vector `first` of `src`) into `tile` (row stride `d + 8` elements); rows `>= valid`
+/// are zeros.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn load_rows<F: Float>(src: &Array<Vector<F, Const<8>>>, first: usize, from: usize, valid: usize, tile: &mut SharedMemory<Vector<F, Const<8>>>, tid: usize, #[comptime] d: usize) {
@@ -139,11 +140,7 @@ pub(crate) fn causal_attention_kernel<F: Float, M: Int>(
     }
     sync_cube();
 
-    let mut sacc = Sequence::<cmma::Matrix<f32>>::new();
-    #[unroll]
-    for _ in 0..2usize {
-        sacc.push(cmma::Matrix::<f32>::from_value(cmma::MatrixIdent::Accumulator, 16usize, 16usize, 16usize, cmma::MatrixLayout::Undefined, 0.0));
-    }
+    let sacc = zero_accumulators_n(2usize);
     let sbase = plane * 16 * BC;
     // This lane's row (two lanes per row, 16 columns each) and its mask row.
     let row = lane / 2;
@@ -192,11 +189,7 @@ pub(crate) fn causal_attention_kernel<F: Float, M: Int>(
     }
 
     // Pass 2: P = exp(S - max) / sum in F, out += P V.
-    let mut oacc = Sequence::<cmma::Matrix<f32>>::new();
-    #[unroll]
-    for _ in 0..comptime![d / 16] {
-        oacc.push(cmma::Matrix::<f32>::from_value(cmma::MatrixIdent::Accumulator, 16usize, 16usize, 16usize, cmma::MatrixLayout::Undefined, 0.0));
-    }
+    let oacc = zero_accumulators_n(comptime![d / 16]);
     let pbase = plane * 16 * LDPV;
     for kt in 0..key_tiles {
         load_rows::<F>(k, kv_first, kt * BC, t_len, &mut ks, tid, d);
