@@ -35,15 +35,16 @@ mod cuda {
     use crate::model::cuda_tensor::{back, cube, cube_of};
     use burn::tensor::backend::Backend;
     use burn::tensor::{Bool, DType, Tensor};
-    use medqlora_kernels::attention::{causal_attention, Causal, MAX_HEAD_DIM};
+    use medqlora_kernels::attention::{causal_attention, Causal};
 
     #[allow(clippy::type_complexity)]
     pub(super) fn fused_causal<B: Backend>(q: Tensor<B, 5>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: &Tensor<B, 5, Bool>) -> Result<Tensor<B, 5>, (Tensor<B, 5>, Tensor<B, 4>, Tensor<B, 4>)> {
         let [b, kv_heads, rep, s, d] = q.dims();
         let t = k.dims()[2];
         let [mask_batches, ..] = mask.dims();
-        let taken = matches!(q.dtype(), DType::BF16 | DType::F16) && d % 16 == 0 && d <= MAX_HEAD_DIM && s > 0 && (mask_batches == 1 || mask_batches == b);
-        if !taken {
+        // The kernel checks every operand itself; the dtype is checked first only so that
+        // f32 (which it never takes) does not pay for contiguous copies.
+        if !matches!(q.dtype(), DType::BF16 | DType::F16) {
             return Err((q, k, v));
         }
         let qc = match cube(q.into_primitive().tensor()) {

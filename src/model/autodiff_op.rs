@@ -34,7 +34,7 @@ pub(crate) fn cast<T: 'static, U: 'static>(t: T) -> Result<U, T> {
 /// against the first 512 of 599 keys (`k.narrow(2, 0, 512)`, batch stride `599 * d`) came
 /// out at relative L2 0.999 from the CPU's on an H100 (2026-12-05,
 /// `tests/attention_blocks.rs::each_op_of_a_block_equals_the_cpu`).
-pub fn contiguous<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+pub(crate) fn contiguous<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
     #[cfg(feature = "cuda")]
     return match super::cuda_tensor::cube(prim(t)) {
         Ok(c) => float(super::cuda_tensor::back(c)),
@@ -51,7 +51,7 @@ pub fn contiguous<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
 /// each machine, and on H100s (2026-12-06) the chosen one gave a 599-token sequence's tail
 /// attention block wrong f32 scores (relative L2 0.997) where this kernel was right; f32
 /// attention products take it ([`super::attention::block_matmul`]).
-pub fn untuned_matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
+pub(crate) fn untuned_matmul<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> Tensor<B, D> {
     #[cfg(feature = "cuda")]
     {
         use super::cuda_tensor::Cube;
