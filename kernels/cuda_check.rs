@@ -142,6 +142,10 @@ pub fn variants<R: Runtime>(client: &ComputeClient<R>) -> Vec<Variant> {
             out.push(variant(format!("gemm {t}{dq}"), gemm::kernel::gemm_kernel::GemmKernel::<F, R>::new(settings(256), c(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), double)));
             for config in gemm::GemmConfig::ALL {
                 let (rows, wvec, mma, stages, name) = pipelined(config);
+                if config.mma == gemm::GemmMma::Wide {
+                    out.push(variant(format!("gemm64 {name} {t}{dq}"), gemm::wide::gemm_wide_kernel::GemmWideKernel::<F, R>::new(settings(gemm::wide::WIDE_THREADS as u32), c(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), gemm::wide::WIDE_WORDS, double)));
+                    continue;
+                }
                 out.push(variant(format!("gemm64 {name} {t}{dq}"), gemm::pipelined::gemm64_kernel::Gemm64Kernel::<F, R>::new(settings(2 * rows as u32), c(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), wvec, double, rows, mma, stages)));
             }
             if double {
@@ -153,6 +157,10 @@ pub fn variants<R: Runtime>(client: &ComputeClient<R>) -> Vec<Variant> {
             out.push(variant(format!("gemm_dx {t}{dq}"), gemm_dx::kernel::gemm_dx_kernel::GemmDxKernel::<F, R>::new(settings(256), c(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), double)));
             for config in gemm::GemmConfig::ALL {
                 let (rows, wvec, mma, stages, name) = pipelined(config);
+                if config.mma == gemm::GemmMma::Wide {
+                    out.push(variant(format!("gemm_dx64 {name} {t}{dq}"), gemm_dx::wide::gemm_dx_wide_kernel::GemmDxWideKernel::<F, R>::new(settings(gemm::wide::WIDE_THREADS as u32), c(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), gemm::wide::WIDE_WORDS, double)));
+                    continue;
+                }
                 out.push(variant(format!("gemm_dx64 {name} {t}{dq}"), gemm_dx::pipelined::gemm_dx64_kernel::GemmDx64Kernel::<F, R>::new(settings(2 * rows as u32), c(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), wvec, double, rows, mma, stages)));
             }
         });
@@ -281,7 +289,15 @@ impl Nvrtc {
         let destroy: Destroy = self.symbol("nvrtcDestroyProgram\0")?;
         let text = CString::new(src.source.as_str()).map_err(|_| fail("source (interior NUL)", -1))?;
         let file = CString::new(format!("{}.cu", src.entry)).map_err(|_| fail("name", -1))?;
-        let options: Vec<CString> = ["--gpu-architecture=sm_90a".to_string(), format!("--include-path={}", include.display()), "-lineinfo".into(), "--ptxas-options=-v".into()]
+        // cubecl's CUDA runtime adds CUDA 13's `include/cccl` when it exists (the `cp.async`
+        // barriers' `cuda/std` headers live there).
+        let cccl = include.join("cccl");
+        let mut flags = vec!["--gpu-architecture=sm_90a".to_string(), format!("--include-path={}", include.display())];
+        if cccl.exists() {
+            flags.push(format!("--include-path={}", cccl.display()));
+        }
+        flags.extend(["-lineinfo".to_string(), "--ptxas-options=-v".to_string()]);
+        let options: Vec<CString> = flags
             .into_iter()
             .filter_map(|o| CString::new(o).ok())
             .collect();

@@ -20,7 +20,8 @@ def cubin(nvrtc, include, source):
     prog = ctypes.c_void_p()
     if nvrtc.nvrtcCreateProgram(ctypes.byref(prog), source, b"kernel.cu", 0, None, None) != 0:
         raise SystemExit("nvrtcCreateProgram failed")
-    opts = [b"--gpu-architecture=sm_90a", ("--include-path=" + include).encode()]
+    # As cubecl's CUDA runtime: CUDA 13's `include/cccl` too (the `cp.async` barriers' headers).
+    opts = [b"--gpu-architecture=sm_90a", ("--include-path=" + include).encode(), ("--include-path=" + include + "/cccl").encode()]
     if nvrtc.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts)) != 0:
         size = ctypes.c_size_t()
         nvrtc.nvrtcGetProgramLogSize(prog, ctypes.byref(size))

@@ -9,12 +9,14 @@
 //! multiple of 128) are stored with bounds checks.
 //!
 //! This kernel serves `K` an odd multiple of 32; for `K % 64 == 0` (every Qwen2.5 projection)
-//! [`gemm_into`] launches the software-pipelined [`super::pipelined`] kernel instead. What
-//! neither does yet (why both are slower than cuBLAS-class kernels): asynchronous
-//! (`cp.async`/TMA) copies into multi-stage shared buffers, Ampere-style `wmma` rather than
-//! Hopper's `wgmma`.
+//! [`gemm_into`] launches the software-pipelined [`super::pipelined`] kernel instead, or the
+//! wide-plane [`super::wide`] one ([`GemmMma::Wide`], which copies `X` by `cp.async`). What
+//! none does yet (why all are slower than cuBLAS-class kernels): `W` through asynchronous
+//! copies (its codes are decoded on the way to shared memory), more than two stages, and
+//! Hopper's `wgmma`/TMA rather than Ampere-style `mma.sync`.
 
 use super::pipelined::{gemm64_kernel, BK64};
+use super::wide::{gemm_wide_kernel, WIDE_ROWS, WIDE_THREADS, WIDE_WORDS};
 use crate::device::{block_scale, check_operand, empty, nibble, KernelError, Nf4Device};
 use burn_backend::DType;
 use burn_cubecl::tensor::CubeTensor;
@@ -280,6 +282,10 @@ pub enum GemmMma {
     /// `ldmatrix` loads and `mma.sync.m16n8k16` (see the `mma` module: a fragment per
     /// instruction, from shared addresses).
     Ldmatrix,
+    /// As `Ldmatrix` on wide planes: 256-row tiles of 8 planes of 64 x 64 (256 threads), two
+    /// tile sets, the activation tile copied by `cp.async` (see the `wide` module). Takes
+    /// 256 rows and two stages whatever `rows` and `stages` say.
+    Wide,
 }
 
 /// How many sets of shared tiles the pipelined NF4 GEMMs cycle through.
@@ -317,6 +323,9 @@ pub struct GemmConfig {
 impl GemmConfig {
     /// Short name for reports, e.g. `r256 ldmatrix 2stage` (one stage unnamed).
     pub fn name(&self) -> String {
+        if self.mma == GemmMma::Wide {
+            return "r256 wide".into();
+        }
         let rows = if self.rows == GemmRows::R256 { 256 } else { 128 };
         let mma = if self.mma == GemmMma::Ldmatrix { "ldmatrix" } else { "wmma" };
         let stages = if self.stages == GemmStages::Two { " 2stage" } else { "" };
@@ -324,8 +333,8 @@ impl GemmConfig {
     }
 
     /// Every configuration, for tests, benchmarks and the compile check.
-    pub const ALL: [GemmConfig; 8] = {
-        use GemmMma::{Ldmatrix, Wmma};
+    pub const ALL: [GemmConfig; 9] = {
+        use GemmMma::{Ldmatrix, Wide, Wmma};
         use GemmRows::{R128, R256};
         use GemmStages::{One, Two};
         [
@@ -337,6 +346,7 @@ impl GemmConfig {
             GemmConfig { rows: R256, mma: Wmma, stages: Two },
             GemmConfig { rows: R128, mma: Ldmatrix, stages: Two },
             GemmConfig { rows: R256, mma: Ldmatrix, stages: Two },
+            GemmConfig { rows: R256, mma: Wide, stages: Two },
         ]
     };
 }
@@ -369,6 +379,12 @@ pub fn gemm_into_with<R: CubeRuntime>(x: &CubeTensor<R>, w: &Nf4Device<R>, y: &C
     let (absmax, qcodes, offset, double) = w.scale_args();
     let x_arg = unsafe { ArrayArg::from_raw_parts(x.handle.clone(), m * w.k / 8) };
     let y_arg = unsafe { ArrayArg::from_raw_parts(y.handle.clone(), m * w.n) };
+    if w.k % BK64 == 0 && config.mma == GemmMma::Wide {
+        let count = CubeCount::Static(w.n.div_ceil(BN) as u32, m.div_ceil(WIDE_ROWS) as u32, 1);
+        let words = w.words_arg(WIDE_WORDS);
+        launch_nf4_gemm!(gemm_wide_kernel, NAME, x.dtype, client, count, CubeDim::new_1d(WIDE_THREADS as u32), WIDE_WORDS, x_arg, words, absmax, qcodes, w.lut_arg(), y_arg, offset, m, w.n, w.k, shift, double);
+        return Ok(());
+    }
     if w.k % BK64 == 0 {
         let (bm, wvec) = config.rows.rows_and_words();
         let count = CubeCount::Static(w.n.div_ceil(BN) as u32, m.div_ceil(bm) as u32, 1);

@@ -25,8 +25,8 @@ use super::pipelined::LDV64;
 use cubecl::prelude::*;
 
 /// A plane's accumulators: its 64 x 32 sub-tile as 4 x 4 m16n8 tiles of four f32 each (the
-/// same 64 registers per lane as the `wmma` path's 4 x 2 16 x 16 tiles), or none for
-/// `count = 0`.
+/// same 64 registers per lane as the `wmma` path's 4 x 2 16 x 16 tiles; a wide plane's 64 x
+/// 64, 4 x 8 tiles), or none for `count = 0`.
 #[cube]
 pub(crate) fn zero_mma_accumulators(#[comptime] count: usize) -> Sequence<Array<Vector<f32, Const<1>>>> {
     let mut acc = Sequence::<Array<Vector<f32, Const<1>>>>::new();
@@ -42,7 +42,8 @@ pub(crate) fn zero_mma_accumulators(#[comptime] count: usize) -> Sequence<Array<
     acc
 }
 
-/// One 64-wide step of the plane's products, `acc += A[rows wm*64 .., 64] B[64, cols wn*32 ..]`:
+/// One 64-wide step of the plane's products, `acc += A[rows wm*64 .., 64] B[64, cols
+/// wn*plane_cols ..]` (`plane_cols` 32, or 64 for the wide planes of [`super::wide`]):
 /// `A` from `xs` at vector offset `xbase` (`[rows, 64]`, row stride [`LDV64`] vectors), `B`
 /// from `ws` at `wbase`, row stride `ldw` vectors, either `n`-major (`w_rows_are_n`: the
 /// forward product's `[128, 64]` rows of `W`, so `B = W^T`) or `k`-major (the backward product's `[64, 128]` rows of `W`, loaded by
@@ -60,14 +61,16 @@ pub(crate) fn mma_products<F: Float>(
     lane: usize,
     #[comptime] w_rows_are_n: bool,
     #[comptime] ldw: usize,
+    #[comptime] plane_cols: usize,
 ) {
+    let blocks = comptime![plane_cols / 8];
     let def = cmma::MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize);
     let a_row = wm * 64 + lane % 16;
     let a_half = lane / 16;
     // This lane's B row address, and the steps to the next 8 columns and the next 16 `k`.
-    let mut b_base = wbase + (lane % 16) * ldw + wn * 4;
+    let mut b_base = wbase + (lane % 16) * ldw + wn * blocks;
     if comptime![w_rows_are_n] {
-        b_base = wbase + (wn * 32 + lane % 8) * ldw + (lane % 16) / 8;
+        b_base = wbase + (wn * plane_cols + lane % 8) * ldw + (lane % 16) / 8;
     }
     let j_step = comptime![if w_rows_are_n { 8 * ldw } else { 1 }];
     let kk_step = comptime![if w_rows_are_n { 2 } else { 16 * ldw }];
@@ -75,7 +78,7 @@ pub(crate) fn mma_products<F: Float>(
     for kk in 0..4usize {
         let mut bs = Sequence::<Array<Vector<F, Const<2>>>>::new();
         #[unroll]
-        for j in 0..4usize {
+        for j in 0..blocks {
             let at = b_base + j * j_step + kk * kk_step;
             bs.push(def.load_matrix::<Vector<F, Const<8>>, Const<2>>(&ws.slice(at, at + 1), cmma::MatrixIdent::B, 2usize, comptime![!w_rows_are_n]));
         }
@@ -84,25 +87,26 @@ pub(crate) fn mma_products<F: Float>(
             let at = xbase + (a_row + i * 16) * LDV64 + kk * 2 + a_half;
             let a = def.load_matrix::<Vector<F, Const<8>>, Const<2>>(&xs.slice(at, at + 1), cmma::MatrixIdent::A, 4usize, false);
             #[unroll]
-            for j in 0..4usize {
-                def.execute_inplace(&a, bs.index(j), acc.index_mut(i * 4 + j));
+            for j in 0..blocks {
+                def.execute_inplace(&a, bs.index(j), acc.index_mut(i * blocks + j));
             }
         }
     }
 }
 
-/// Stores the plane's accumulators (sub-tile at `row0`, `col0` of `Y[rows, cols]`) as `F`,
-/// straight from registers, with bounds checks.
+/// Stores the plane's accumulators (the 64 x `plane_cols` sub-tile at `row0`, `col0` of
+/// `Y[rows, cols]`) as `F`, straight from registers, with bounds checks.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn store_mma_tile<F: Float>(acc: &Sequence<Array<Vector<f32, Const<1>>>>, y: &mut Array<F>, row0: usize, col0: usize, rows: usize, cols: usize, lane: usize) {
+pub(crate) fn store_mma_tile<F: Float>(acc: &Sequence<Array<Vector<f32, Const<1>>>>, y: &mut Array<F>, row0: usize, col0: usize, rows: usize, cols: usize, lane: usize, #[comptime] plane_cols: usize) {
+    let blocks = comptime![plane_cols / 8];
     let r = lane / 4;
     let c = (lane % 4) * 2;
     #[unroll]
     for i in 0..4usize {
         #[unroll]
-        for j in 0..4usize {
-            let a = acc.index(i * 4 + j);
+        for j in 0..blocks {
+            let a = acc.index(i * blocks + j);
             #[unroll]
             for e in 0..4usize {
                 let gr = row0 + i * 16 + r + comptime![(e / 2) * 8];

@@ -9,6 +9,8 @@ pub(crate) mod mma;
 #[cfg(feature = "launch")]
 pub(crate) mod pipelined;
 #[cfg(feature = "launch")]
+pub(crate) mod wide;
+#[cfg(feature = "launch")]
 pub use kernel::{gemm, gemm_into, gemm_into_with, gemm_with, GemmConfig, GemmMma, GemmRows, GemmStages};
 
 #[cfg(test)]

@@ -257,7 +257,7 @@ pub(crate) fn gemm64_kernel<F: Float, W: Size>(
                 }
 
                 if comptime![mma] {
-                    mma_products::<F>(&xs, cur * x_tile, &ws, cur * w_tile, &mut macc, wm, wn, lane, true, LDV64);
+                    mma_products::<F>(&xs, cur * x_tile, &ws, cur * w_tile, &mut macc, wm, wn, lane, true, LDV64, 32usize);
                 } else {
                     wmma_products::<F>(&xs, cur * x_tile, &ws, cur * w_tile, &acc, wm, wn, true, LDV64);
                 }
@@ -273,7 +273,7 @@ pub(crate) fn gemm64_kernel<F: Float, W: Size>(
         }
     }
     if comptime![mma] {
-        store_mma_tile::<F>(&macc, y, m0 + wm * 64, n0 + wn * 32, m_rows, n_cols, lane);
+        store_mma_tile::<F>(&macc, y, m0 + wm * 64, n0 + wn * 32, m_rows, n_cols, lane, 32usize);
     } else {
         let mut stage = SharedMemory::<f32>::new_aligned(threads / 32 * 256, 32usize);
         store_tile::<F>(&acc, &mut stage, y, m0 + wm * 64, n0 + wn * 32, m_rows, n_cols, plane, lane);

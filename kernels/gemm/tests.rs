@@ -22,20 +22,22 @@ mod device {
         let Some((client, device)) = cuda() else { return };
         let mut rng = rng("gemm kernel");
         let map = synthetic_map();
-        for case in 0..36 {
+        // Four cases per configuration take its kernel (K % 64 == 0); the last four the first
+        // kernel (K an odd multiple of 32).
+        let pipelined = 4 * GemmConfig::ALL.len();
+        for case in 0..pipelined + 4 {
             let (dtype, name, bound) = if case % 2 == 0 { (DType::BF16, "GEMM_BF16_REL", GEMM_BF16_REL) } else { (DType::F16, "GEMM_F16_REL", GEMM_F16_REL) };
-            // Partial tiles in M and N. Cases 0..32 take the pipelined kernel (K % 64 == 0),
-            // four cases per configuration; 32..36 the first one (K an odd multiple of 32).
+            // Partial tiles in M and N.
             let m = rng.random_range(1..300);
             let n = rng.random_range(1..300);
             // The first case of each configuration takes a single step of 64 (a prologue and no
             // refill of the second stage).
             let k = match case {
-                32.. => 32 * (2 * rng.random_range(0..20) + 1),
+                _ if case >= pipelined => 32 * (2 * rng.random_range(0..20) + 1),
                 _ if case % 4 == 0 => 64,
                 _ => 64 * rng.random_range(1..20),
             };
-            let config = GemmConfig::ALL[(case / 4) % 8];
+            let config = GemmConfig::ALL[(case / 4) % GemmConfig::ALL.len()];
             let double = rng.random();
             let bs = [32, 64][rng.random_range(0..2)];
             let w = random_nf4(&mut rng, n, k, bs, double, &map);

@@ -14,7 +14,7 @@ use crate::gemm::pipelined::{decode_words, load_a64, store_a64, wmma_products, B
 use cubecl::prelude::*;
 
 /// Row stride of the decoded `W[64, 128]` tile, in 8-element vectors (128 + 8 elements).
-const LDBV: usize = BN / 8 + 1;
+pub(crate) const LDBV: usize = BN / 8 + 1;
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
@@ -129,7 +129,7 @@ pub(crate) fn gemm_dx64_kernel<F: Float, W: Size>(
                 }
 
                 if comptime![mma] {
-                    mma_products::<F>(&gs, cur * g_tile, &ws, cur * w_tile, &mut macc, wm, wn, lane, false, LDBV);
+                    mma_products::<F>(&gs, cur * g_tile, &ws, cur * w_tile, &mut macc, wm, wn, lane, false, LDBV, 32usize);
                 } else {
                     wmma_products::<F>(&gs, cur * g_tile, &ws, cur * w_tile, &acc, wm, wn, false, LDBV);
                 }
@@ -145,7 +145,7 @@ pub(crate) fn gemm_dx64_kernel<F: Float, W: Size>(
         }
     }
     if comptime![mma] {
-        store_mma_tile::<F>(&macc, dx, m0 + wm * 64, c0 + wn * 32, m_rows, k, lane);
+        store_mma_tile::<F>(&macc, dx, m0 + wm * 64, c0 + wn * 32, m_rows, k, lane, 32usize);
     } else {
         let mut stage = SharedMemory::<f32>::new_aligned(threads / 32 * 256, 32usize);
         store_tile::<F>(&acc, &mut stage, dx, m0 + wm * 64, c0 + wn * 32, m_rows, k, plane, lane);

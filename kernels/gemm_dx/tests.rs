@@ -40,17 +40,17 @@ mod device {
         let Some((client, device)) = cuda() else { return };
         let mut rng = rng("gemm_dx kernel");
         let map = synthetic_map();
-        for case in 0..36 {
-            // Cases 0..32 take the pipelined kernel (N % 64 == 0, K % 32 == 0), four cases per
-            // configuration; 32..36 the first one (N an odd multiple of 32, or K an odd
-            // multiple of 16).
+        // Four cases per configuration take its kernel (N % 64 == 0, K % 32 == 0); the last
+        // four the first kernel (N an odd multiple of 32, or K an odd multiple of 16).
+        let pipelined = 4 * GemmConfig::ALL.len();
+        for case in 0..pipelined + 4 {
             let m = rng.random_range(1..300);
-            let config = GemmConfig::ALL[(case / 4) % 8];
+            let config = GemmConfig::ALL[(case / 4) % GemmConfig::ALL.len()];
             let (n, k) = match case {
                 // One step of 64 first in each configuration.
-                0..32 if case % 4 == 0 => (64, 32 * rng.random_range(1..20)),
-                0..32 => (64 * rng.random_range(1..10), 32 * rng.random_range(1..20)),
-                32 | 33 => (32 * (2 * rng.random_range(0..10) + 1), 16 * rng.random_range(1..40)),
+                _ if case < pipelined && case % 4 == 0 => (64, 32 * rng.random_range(1..20)),
+                _ if case < pipelined => (64 * rng.random_range(1..10), 32 * rng.random_range(1..20)),
+                _ if case < pipelined + 2 => (32 * (2 * rng.random_range(0..10) + 1), 16 * rng.random_range(1..40)),
                 _ => (64 * rng.random_range(1..10), 16 * (2 * rng.random_range(0..20) + 1)),
             };
             let double = rng.random();

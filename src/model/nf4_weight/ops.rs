@@ -72,9 +72,8 @@ pub enum Nf4Product {
     /// As `Fused256`, with the tensor cores fed by `ldmatrix` and `mma.sync`
     /// ([`medqlora_kernels::gemm::GemmMma::Ldmatrix`]: a fragment per instruction from shared
     /// memory where `wmma` takes four generic loads).
-    /// The default: 1.3-1.5x `Fused`'s forward and 1.5-2x its backward at the 7B shapes, 2,524
-    /// against 1,958 tokens/s for the 7B training step (H100, BENCHMARKS.md, 2026-12-05).
-    #[default]
+    /// The default until 2026-12-06: 1.3-1.5x `Fused`'s forward and 1.5-2x its backward at the
+    /// 7B shapes, 2,524 against 1,958 tokens/s for the 7B training step (H100, BENCHMARKS.md).
     #[value(name = "fused256-ldmatrix")]
     #[serde(rename = "fused256-ldmatrix")]
     Fused256Ldmatrix,
@@ -96,6 +95,14 @@ pub enum Nf4Product {
     #[value(name = "fused256-ldmatrix-2stage")]
     #[serde(rename = "fused256-ldmatrix-2stage")]
     Fused256Ldmatrix2Stage,
+    /// The wide-plane kernels ([`medqlora_kernels::gemm::GemmMma::Wide`]): 256-row tiles of 8
+    /// planes of 64 x 64, two tile sets, the activation tile copied by `cp.async`.
+    /// The default: 1.11-1.14x `Fused256Ldmatrix`'s forward on the 7B MLP shapes, 2,748
+    /// against 2,642 tokens/s for the 7B training step (H100, BENCHMARKS.md, 2026-12-06).
+    #[default]
+    #[value(name = "fused256-wide")]
+    #[serde(rename = "fused256-wide")]
+    Fused256Wide,
     /// bitsandbytes' way: the NF4 dequantization kernel writes a transient dense weight
     /// (the largest 7B one, 136 MB in bf16), then Burn's autotuned matmul; the weight is
     /// freed after the product (and dequantized again for the backward's `dY W`).
@@ -104,7 +111,7 @@ pub enum Nf4Product {
 
 impl Nf4Product {
     /// Every strategy.
-    pub const ALL: [Nf4Product; 8] = [
+    pub const ALL: [Nf4Product; 9] = [
         Nf4Product::Fused,
         Nf4Product::Fused256,
         Nf4Product::Fused256Ldmatrix,
@@ -112,6 +119,7 @@ impl Nf4Product {
         Nf4Product::FusedLdmatrix2Stage,
         Nf4Product::Fused256TwoStage,
         Nf4Product::Fused256Ldmatrix2Stage,
+        Nf4Product::Fused256Wide,
         Nf4Product::Dequantize,
     ];
 }
@@ -125,7 +133,7 @@ pub fn set_nf4_product(product: Nf4Product) {
     NF4_PRODUCT.store(i as u8, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// The strategy [`set_nf4_product`] chose (the default: `fused256-ldmatrix`).
+/// The strategy [`set_nf4_product`] chose (the default: `fused256-wide`).
 pub fn nf4_product() -> Nf4Product {
     let i = NF4_PRODUCT.load(std::sync::atomic::Ordering::Relaxed) as usize;
     Nf4Product::ALL.get(i).copied().unwrap_or_default()
@@ -247,6 +255,7 @@ mod cube {
             Nf4Product::FusedLdmatrix2Stage => (GemmRows::R128, GemmMma::Ldmatrix, GemmStages::Two),
             Nf4Product::Fused256TwoStage => (GemmRows::R256, GemmMma::Wmma, GemmStages::Two),
             Nf4Product::Fused256Ldmatrix2Stage => (GemmRows::R256, GemmMma::Ldmatrix, GemmStages::Two),
+            Nf4Product::Fused256Wide => (GemmRows::R256, GemmMma::Wide, GemmStages::Two),
         };
         GemmConfig { rows, mma, stages }
     }
