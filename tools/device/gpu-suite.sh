@@ -22,9 +22,10 @@ while read -r test filter; do
   name=test-$test; t=$bin/$name
   [ -x "$t" ] || { summary+=("$name: not packed"); continue; }
   start=$(date +%s)
-  "$t" --nocapture --test-threads=1 $filter < /dev/null > "$OUT/$name.log" 2>&1; rc=$?
-  grep -E "max-abs|SKIPPED|test result|panicked|seed" "$OUT/$name.log"
-  summary+=("$name ${filter:-(all)}: $(grep -E '^test result' "$OUT/$name.log" | tail -1) (rc $rc, $(( $(date +%s) - start )) s)")
+  log="$OUT/$name${filter:+-${filter%% *}}.log"
+  "$t" --nocapture --test-threads=1 $filter < /dev/null > "$log" 2>&1; rc=$?
+  grep -E "max-abs|SKIPPED|test result|panicked|seed" "$log"
+  summary+=("$name ${filter:-(all)}: $(grep -E '^test result' "$log" | tail -1) (rc $rc, $(( $(date +%s) - start )) s)")
 done < tools/device/gpu-tests.txt
 python3 tools/make_random_model.py tools/configs/qwen2.5-0.5b.json /tmp/q05 > "$OUT/random.log" 2>&1 || cat "$OUT/random.log"
 for q in none nf4; do

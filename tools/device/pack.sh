@@ -7,7 +7,8 @@ mkdir -p .carry && rm -f .carry/*.xz
 cargo build --release --features cuda
 # Only the suites that exercise the CUDA backend are built (all of them took 34 min on 2 cores):
 # the kernel crate's unit tests, and the listed integration tests.
-tests=(); while read -r name _; do [ "$name" = medqlora_kernels ] || tests+=(--test "$name"); done < tools/device/gpu-tests.txt
+# (a binary may be listed on several lines, one name filter each: one --test per binary)
+tests=(); for name in $(cut -d' ' -f1 tools/device/gpu-tests.txt | sort -u); do [ "$name" = medqlora_kernels ] || tests+=(--test "$name"); done
 { cargo test --release --features cuda --no-run -p medqlora-kernels --lib --message-format=json
   cargo test --release --features cuda --no-run "${tests[@]}" --message-format=json; } 2>/dev/null \
   | python3 -c 'import json,sys

@@ -31,9 +31,10 @@ while read -r test filter; do
   t=$bin/test-$test; left=$(( end - $(date +%s) ))
   [ -x "$t" ] || { summary+=("$test: not packed"); continue; }
   [ $left -gt 10 ] || { summary+=("$test: not run (test time used up)"); continue; }
-  XDG_CACHE_HOME=/tmp/xdg timeout $left "$t" --nocapture --test-threads=1 $filter < /dev/null > "$OUT/test-$test.log" 2>&1; rc=$?
-  grep -E "rel|max-abs|SKIPPED|panicked" "$OUT/test-$test.log" | head -8 | cut -c1-300
-  summary+=("$test ${filter:-(all)}: $(grep -E '^test result' "$OUT/test-$test.log" | tail -1) (rc $rc)")
+  log="$OUT/test-$test${filter:+-${filter%% *}}.log"
+  XDG_CACHE_HOME=/tmp/xdg timeout $left "$t" --nocapture --test-threads=1 $filter < /dev/null > "$log" 2>&1; rc=$?
+  grep -E "rel|max-abs|SKIPPED|panicked" "$log" | head -8 | cut -c1-300
+  summary+=("$test ${filter:-(all)}: $(grep -E '^test result' "$log" | tail -1) (rc $rc)")
 done < tools/device/gpu-tests.txt
 kcache_pack 3
 echo; echo "==== summary ($(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader))"; printf '%s\n' "${summary[@]}"
