@@ -3,7 +3,8 @@
 //! sub-tile through `ldmatrix` + `mma.sync` ([`super::mma`]), two shared tile sets, and the
 //! `X` tile copied global -> shared by `cp.async` instead of through registers.
 //!
-//! Why, against the 16 planes of 64 x 32 of [`super::pipelined`] at 256 rows (the default):
+//! Why, against the 16 planes of 64 x 32 of [`super::pipelined`] at 256 rows (the previous
+//! default, `--nf4-product fused256-ldmatrix`):
 //! - shared-memory reads: a plane reads its 64 rows of `A` once per 64 columns instead of per
 //!   32, so per 64-wide step a cube reads 128 KB of fragments instead of 192 KB;
 //! - instructions: per plane and step 128 `HMMA`s beside 48 `LDSM`s, where 16 narrow planes
