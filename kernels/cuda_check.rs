@@ -143,7 +143,7 @@ pub fn variants<R: Runtime>(client: &ComputeClient<R>) -> Vec<Variant> {
             for config in gemm::GemmConfig::ALL {
                 let (rows, wvec, mma, stages, name) = pipelined(config);
                 if config.mma == gemm::GemmMma::Wide {
-                    out.push(variant(format!("gemm64 {name} {t}{dq}"), gemm::wide::gemm_wide_kernel::GemmWideKernel::<F, R>::new(settings(gemm::wide::WIDE_THREADS as u32), c(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), gemm::wide::WIDE_WORDS, double)));
+                    out.push(variant(format!("gemm64 {name} {t}{dq}"), gemm::wide::gemm_wide_kernel::GemmWideKernel::<F, R>::new(settings(gemm::wide::WIDE_THREADS as u32), c(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), gemm::wide::WIDE_WORDS, double, false)));
                     continue;
                 }
                 out.push(variant(format!("gemm64 {name} {t}{dq}"), gemm::pipelined::gemm64_kernel::Gemm64Kernel::<F, R>::new(settings(2 * rows as u32), c(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), wvec, double, rows, mma, stages)));
@@ -158,7 +158,7 @@ pub fn variants<R: Runtime>(client: &ComputeClient<R>) -> Vec<Variant> {
             for config in gemm::GemmConfig::ALL {
                 let (rows, wvec, mma, stages, name) = pipelined(config);
                 if config.mma == gemm::GemmMma::Wide {
-                    out.push(variant(format!("gemm_dx64 {name} {t}{dq}"), gemm_dx::wide::gemm_dx_wide_kernel::GemmDxWideKernel::<F, R>::new(settings(gemm::wide::WIDE_THREADS as u32), c(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), gemm::wide::WIDE_WORDS, double)));
+                    out.push(variant(format!("gemm_dx64 {name} {t}{dq}"), gemm::wide::gemm_wide_kernel::GemmWideKernel::<F, R>::new(settings(gemm::wide::WIDE_THREADS as u32), c(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), gemm::wide::WIDE_WORDS, double, true)));
                     continue;
                 }
                 out.push(variant(format!("gemm_dx64 {name} {t}{dq}"), gemm_dx::pipelined::gemm_dx64_kernel::GemmDx64Kernel::<F, R>::new(settings(2 * rows as u32), c(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), wvec, double, rows, mma, stages)));

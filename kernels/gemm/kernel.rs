@@ -382,7 +382,7 @@ pub fn gemm_into_with<R: CubeRuntime>(x: &CubeTensor<R>, w: &Nf4Device<R>, y: &C
     if w.k % BK64 == 0 && config.mma == GemmMma::Wide {
         let count = CubeCount::Static(w.n.div_ceil(BN) as u32, m.div_ceil(WIDE_ROWS) as u32, 1);
         let words = w.words_arg(WIDE_WORDS);
-        launch_nf4_gemm!(gemm_wide_kernel, NAME, x.dtype, client, count, CubeDim::new_1d(WIDE_THREADS as u32), WIDE_WORDS, x_arg, words, absmax, qcodes, w.lut_arg(), y_arg, offset, m, w.n, w.k, shift, double);
+        launch_nf4_gemm!(gemm_wide_kernel, NAME, x.dtype, client, count, CubeDim::new_1d(WIDE_THREADS as u32), WIDE_WORDS, x_arg, words, absmax, qcodes, w.lut_arg(), y_arg, offset, m, w.n, w.k, shift, double, false);
         return Ok(());
     }
     if w.k % BK64 == 0 {

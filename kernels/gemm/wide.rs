@@ -1,7 +1,12 @@
-//! The forward NF4 GEMM with wide planes ([`super::GemmMma::Wide`]), `Y = X W^T` for
-//! `K % 64 == 0`: a 256 x 128 tile per cube of 8 planes (256 threads), each plane a 64 x 64
-//! sub-tile through `ldmatrix` + `mma.sync` ([`super::mma`]), two shared tile sets, and the
-//! `X` tile copied global -> shared by `cp.async` instead of through registers.
+//! The NF4 products with wide planes ([`super::GemmMma::Wide`]), one kernel for both
+//! directions: the forward `Y = X W^T` (`K % 64 == 0`) and the backward `dX = dY W`
+//! (`N % 64 == 0`, `K % 32 == 0`; launched from [`crate::gemm_dx`]). A 256 x 128 tile per cube
+//! of 8 planes (256 threads), each plane a 64 x 64 sub-tile through `ldmatrix` + `mma.sync`
+//! ([`super::mma`]), two shared tile sets, and the activation tile (`X` or `dY`) copied
+//! global -> shared by `cp.async` instead of through registers. The directions differ only in
+//! `W`'s tile (forward: 128 of its rows by one 64-wide step of `K`, `n`-major; backward: one
+//! 64-row step of `N` by 128 of its columns, `k`-major, loaded by `ldmatrix.trans`) and in
+//! which of `N` and `K` is reduced.
 //!
 //! Why, against the 16 planes of 64 x 32 of [`super::pipelined`] at 256 rows (the previous
 //! default, `--nf4-product fused256-ldmatrix`):
@@ -14,7 +19,7 @@
 //!   the step's closing barrier (an `mbarrier` that also waits for every thread's copies)
 //!   makes it visible. `W` still travels through registers: its codes are decoded on the way.
 //!
-//! Per step `kt`: issue the copies of `X[kt + 1]` and the loads of `W[kt + 1]`'s words, run
+//! Per step `kt` (forward names): issue the copies of `X[kt + 1]` and the loads of `W[kt + 1]`'s words, run
 //! the products on set `kt % 2`, decode `W[kt + 1]` into the other set, then commit the copies
 //! and wait at the barrier. Set `(kt + 1) % 2` was last read in step `kt - 1`, before that
 //! step's barrier, so both writes are safe.
@@ -22,6 +27,7 @@
 use super::kernel::BN;
 use super::mma::{mma_products, store_mma_tile, zero_mma_accumulators};
 use super::pipelined::{decode_words, BK64, LDV64};
+use crate::gemm_dx::pipelined::LDBV;
 use crate::device::block_scale;
 use cubecl::prelude::barrier::{copy_async, Barrier};
 use cubecl::prelude::*;
@@ -54,32 +60,40 @@ pub(crate) fn copy_a64_async<F: Float>(a: &Array<Vector<F, Const<8>>>, tile: &mu
     }
 }
 
+/// `Y = X W^T` (`dx` false: `a` is `X[M, K]`, `out` is `Y[M, N]`, the reduction runs over `K`
+/// and `W`'s tile holds 128 of its rows, `n`-major) or `dX = dY W` (`dx` true: `a` is
+/// `dY[M, N]`, `out` is `dX[M, K]`, the reduction runs over `N` and the tile holds 64 rows of
+/// `W` by 128 of its columns, `k`-major, which `ldmatrix` loads transposed).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_wide_kernel<F: Float, W: Size>(
-    x: &Array<Vector<F, Const<8>>>,
+    a: &Array<Vector<F, Const<8>>>,
     words: &Array<Vector<u32, W>>,
     absmax: &Array<f32>,
     qcodes: &Array<u8>,
     lut: &Array<f32>,
-    y: &mut Array<F>,
+    out: &mut Array<F>,
     offset: f32,
     m_rows: usize,
-    n_cols: usize,
+    n: usize,
     k: usize,
     block_shift: u32,
     #[comptime] double: bool,
+    #[comptime] dx: bool,
 ) {
     let codes = 8 * W::value();
-    let parts = BK64 / codes;
+    // Loader threads per tile row of `W`: a forward row is one 64-wide step of `K`, a dX row
+    // the tile's 128 columns.
+    let per_row = if comptime![dx] { BN / codes } else { BK64 / codes };
     let tid = UNIT_POS as usize;
     let mut table = SharedMemory::<f32>::new(16usize);
     if tid < 16 {
         table[tid] = lut[tid];
     }
-    let x_tile = comptime![WIDE_ROWS * LDV64];
-    let w_tile = comptime![BN * LDV64];
-    let mut xs = SharedMemory::<Vector<F, Const<8>>>::new_aligned(comptime![2 * x_tile], 32usize);
+    let a_tile = comptime![WIDE_ROWS * LDV64];
+    let w_tile = comptime![if dx { BK64 * LDBV } else { BN * LDV64 }];
+    let ldw = comptime![if dx { LDBV } else { LDV64 }];
+    let mut xs = SharedMemory::<Vector<F, Const<8>>>::new_aligned(comptime![2 * a_tile], 32usize);
     let mut ws = SharedMemory::<Vector<F, Const<8>>>::new_aligned(comptime![2 * w_tile], 32usize);
     // Initialized by thread 0 and published by a cube barrier.
     let bar = Barrier::shared(WIDE_THREADS as u32, tid == 0);
@@ -90,48 +104,56 @@ pub(crate) fn gemm_wide_kernel<F: Float, W: Size>(
     let wm = plane / 2;
     let wn = plane % 2;
     let m0 = CUBE_POS_Y as usize * WIDE_ROWS;
-    let n0 = CUBE_POS_X as usize * BN;
+    let c0 = CUBE_POS_X as usize * BN;
     let mut macc = zero_mma_accumulators(comptime![4 * WIDE_COLS / 8]);
 
-    // W loader: row `wr` of the tile, codes `wq * codes .. (wq + 1) * codes` of the step (one
-    // block). Rows past `N` decode zeros (scale 0).
-    let wr = tid / parts;
-    let wq = tid % parts;
-    let gn = n0 + wr;
-    let live = gn < n_cols;
-    let row_base = gn * k + wq * codes;
-    let w_at = wr * LDV64 + wq * W::value();
+    // W loader: `codes` consecutive codes of one block per step, `first` the offset of this
+    // thread's at step 0 (forward: row `c0 + wr` of `W`, codes `wq * codes ..` of the step;
+    // dX: the step's row `wr`, columns `c0 + wq * codes ..`). Past `N` (forward) or `K` (dX)
+    // nothing is loaded and zeros are decoded (scale 0).
+    let wr = tid / per_row;
+    let wq = tid % per_row;
+    let (live, first, w_at) = if comptime![dx] {
+        let gc = c0 + wq * codes;
+        (gc < k, gc, wr * LDBV + wq * W::value())
+    } else {
+        let gn = c0 + wr;
+        (gn < n, gn * k + wq * codes, wr * LDV64 + wq * W::value())
+    };
+    // The reduction's length (`a`'s columns) and the output's columns.
+    let (red, cols) = if comptime![dx] { (n, k) } else { (k, n) };
 
-    copy_a64_async::<F>(x, &mut xs, 0, m0, m_rows, k, 0, tid);
+    copy_a64_async::<F>(a, &mut xs, 0, m0, m_rows, red, 0, tid);
     let mut wv = Vector::<u32, W>::new(0u32);
     let mut scale = 0.0f32;
     if live {
-        wv = words[row_base / codes];
-        scale = block_scale(row_base >> block_shift as usize, absmax, qcodes, lut, offset, double);
+        let e0 = if comptime![dx] { wr * k + first } else { first };
+        wv = words[e0 / codes];
+        scale = block_scale(e0 >> block_shift as usize, absmax, qcodes, lut, offset, double);
     }
     decode_words::<F, W>(wv, W::value(), scale, &table, &mut ws, w_at);
     bar.commit_copy_async();
     bar.arrive_and_wait();
 
-    let k_tiles = k / BK64;
+    let tiles = red / BK64;
     // Unrolled once per tile set so each copy addresses its set at compile-time offsets.
-    for round in 0..(k_tiles + 1) / 2 {
+    for round in 0..(tiles + 1) / 2 {
         #[unroll]
         for cur in 0..2usize {
             let kt = round * 2 + cur;
-            if kt < k_tiles {
-                let more = kt + 1 < k_tiles;
+            if kt < tiles {
+                let more = kt + 1 < tiles;
                 let next = 1 - cur;
                 if more {
-                    let k0 = (kt + 1) * BK64;
-                    copy_a64_async::<F>(x, &mut xs, next * x_tile, m0, m_rows, k, k0, tid);
+                    let s0 = (kt + 1) * BK64;
+                    copy_a64_async::<F>(a, &mut xs, next * a_tile, m0, m_rows, red, s0, tid);
                     if live {
-                        let e0 = row_base + k0;
+                        let e0 = if comptime![dx] { (s0 + wr) * k + first } else { first + s0 };
                         wv = words[e0 / codes];
                         scale = block_scale(e0 >> block_shift as usize, absmax, qcodes, lut, offset, double);
                     }
                 }
-                mma_products::<F>(&xs, cur * x_tile, &ws, cur * w_tile, &mut macc, wm, wn, lane, true, LDV64, WIDE_COLS);
+                mma_products::<F>(&xs, cur * a_tile, &ws, cur * w_tile, &mut macc, wm, wn, lane, comptime![!dx], ldw, WIDE_COLS);
                 if more {
                     decode_words::<F, W>(wv, W::value(), scale, &table, &mut ws, next * w_tile + w_at);
                 }
@@ -140,5 +162,5 @@ pub(crate) fn gemm_wide_kernel<F: Float, W: Size>(
             }
         }
     }
-    store_mma_tile::<F>(&macc, y, m0 + wm * 64, n0 + wn * WIDE_COLS, m_rows, n_cols, lane, WIDE_COLS);
+    store_mma_tile::<F>(&macc, out, m0 + wm * 64, c0 + wn * WIDE_COLS, m_rows, cols, lane, WIDE_COLS);
 }

@@ -10,8 +10,7 @@
 //! multiple of 32 or `K` not a multiple of 32); [`gemm_dx_into`] picks.
 
 use super::pipelined::gemm_dx64_kernel;
-use super::wide::gemm_dx_wide_kernel;
-use crate::gemm::wide::{WIDE_ROWS, WIDE_THREADS, WIDE_WORDS};
+use crate::gemm::wide::{gemm_wide_kernel, WIDE_ROWS, WIDE_THREADS, WIDE_WORDS};
 use crate::device::{block_scale, check_operand, empty, nibble, KernelError, Nf4Device};
 use crate::gemm::kernel::{launch_nf4_gemm, load_a_tile, store_tile, zero_accumulators, BK, BM, BN, LD};
 use crate::gemm::pipelined::BK64;
@@ -174,7 +173,7 @@ pub fn gemm_dx_into_with<R: CubeRuntime>(dy: &CubeTensor<R>, w: &Nf4Device<R>, d
     if w.n % BK64 == 0 && w.k % 32 == 0 && config.mma == crate::gemm::GemmMma::Wide {
         let count = CubeCount::Static(w.k.div_ceil(BN) as u32, m.div_ceil(WIDE_ROWS) as u32, 1);
         let words = w.words_arg(WIDE_WORDS);
-        launch_nf4_gemm!(gemm_dx_wide_kernel, NAME, dy.dtype, client, count, CubeDim::new_1d(WIDE_THREADS as u32), WIDE_WORDS, dy_arg, words, absmax, qcodes, w.lut_arg(), dx_arg, offset, m, w.n, w.k, shift, double);
+        launch_nf4_gemm!(gemm_wide_kernel, NAME, dy.dtype, client, count, CubeDim::new_1d(WIDE_THREADS as u32), WIDE_WORDS, dy_arg, words, absmax, qcodes, w.lut_arg(), dx_arg, offset, m, w.n, w.k, shift, double, true);
         return Ok(());
     }
     if w.n % BK64 == 0 && w.k % 32 == 0 {

@@ -8,8 +8,6 @@ pub(crate) mod kernel;
 #[cfg(feature = "launch")]
 pub(crate) mod pipelined;
 #[cfg(feature = "launch")]
-pub(crate) mod wide;
-#[cfg(feature = "launch")]
 pub use kernel::{gemm_dx, gemm_dx_into, gemm_dx_into_with, gemm_dx_with};
 
 #[cfg(test)]
