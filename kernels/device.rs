@@ -341,6 +341,31 @@ pub fn block_scale(b: usize, absmax: &Array<f32>, qcodes: &Array<u8>, lut: &Arra
     }
 }
 
+/// The raw parts of block `b`'s scale, loaded for [`finish_scale`]: with double quantization
+/// its 8-bit code and its group's nested scale (`absmax[b / 256]`), else 0 and its scale.
+/// Split from the arithmetic so that a kernel can issue the loads well before it waits for
+/// them.
+#[cube]
+pub fn load_scale_parts(b: usize, absmax: &Array<f32>, qcodes: &Array<u8>, #[comptime] double: bool) -> (u32, f32) {
+    if comptime![double] {
+        (u32::cast_from(qcodes[b]), absmax[b >> 8])
+    } else {
+        (0u32, absmax[b])
+    }
+}
+
+/// [`block_scale`] from the parts [`load_scale_parts`] loaded, with the 272-entry lookup
+/// table in shared memory (`table`; 16 entries suffice without double quantization); 0 where
+/// `live` is false (a tile row past the weight's edge decodes to zeros).
+#[cube]
+pub fn finish_scale(code: u32, raw: f32, table: &SharedMemory<f32>, offset: f32, live: bool, #[comptime] double: bool) -> f32 {
+    let mut scale = raw;
+    if comptime![double] {
+        scale = table[16 + code as usize] * raw + offset;
+    }
+    select(live, scale, 0.0f32)
+}
+
 /// The 4-bit code of element `j` (0..8) of a little-endian packed word: element 2i is the
 /// high nibble of byte i.
 #[cube]

@@ -63,6 +63,31 @@ pub(crate) fn mma_products<F: Float>(
     #[comptime] ldw: usize,
     #[comptime] plane_cols: usize,
 ) {
+    #[unroll]
+    for kk in 0..4usize {
+        mma_products_k16::<F>(xs, xbase, ws, wbase, acc, wm, wn, lane, w_rows_are_n, ldw, plane_cols, kk);
+    }
+}
+
+/// The 16-wide slice `kk` (0..4) of [`mma_products`]' step: separate so that a caller can put
+/// other work between the slices (the wide kernel decodes the next tile of `W` there, so its
+/// arithmetic issues while the tensor cores run instead of after them).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn mma_products_k16<F: Float>(
+    xs: &SharedMemory<Vector<F, Const<8>>>,
+    xbase: usize,
+    ws: &SharedMemory<Vector<F, Const<8>>>,
+    wbase: usize,
+    acc: &mut Sequence<Array<Vector<f32, Const<1>>>>,
+    wm: usize,
+    wn: usize,
+    lane: usize,
+    #[comptime] w_rows_are_n: bool,
+    #[comptime] ldw: usize,
+    #[comptime] plane_cols: usize,
+    #[comptime] kk: usize,
+) {
     let blocks = comptime![plane_cols / 8];
     let def = cmma::MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize);
     let a_row = wm * 64 + lane % 16;
@@ -74,22 +99,19 @@ pub(crate) fn mma_products<F: Float>(
     }
     let j_step = comptime![if w_rows_are_n { 8 * ldw } else { 1 }];
     let kk_step = comptime![if w_rows_are_n { 2 } else { 16 * ldw }];
+    let mut bs = Sequence::<Array<Vector<F, Const<2>>>>::new();
     #[unroll]
-    for kk in 0..4usize {
-        let mut bs = Sequence::<Array<Vector<F, Const<2>>>>::new();
+    for j in 0..blocks {
+        let at = b_base + j * j_step + kk * kk_step;
+        bs.push(def.load_matrix::<Vector<F, Const<8>>, Const<2>>(&ws.slice(at, at + 1), cmma::MatrixIdent::B, 2usize, comptime![!w_rows_are_n]));
+    }
+    #[unroll]
+    for i in 0..4usize {
+        let at = xbase + (a_row + i * 16) * LDV64 + kk * 2 + a_half;
+        let a = def.load_matrix::<Vector<F, Const<8>>, Const<2>>(&xs.slice(at, at + 1), cmma::MatrixIdent::A, 4usize, false);
         #[unroll]
         for j in 0..blocks {
-            let at = b_base + j * j_step + kk * kk_step;
-            bs.push(def.load_matrix::<Vector<F, Const<8>>, Const<2>>(&ws.slice(at, at + 1), cmma::MatrixIdent::B, 2usize, comptime![!w_rows_are_n]));
-        }
-        #[unroll]
-        for i in 0..4usize {
-            let at = xbase + (a_row + i * 16) * LDV64 + kk * 2 + a_half;
-            let a = def.load_matrix::<Vector<F, Const<8>>, Const<2>>(&xs.slice(at, at + 1), cmma::MatrixIdent::A, 4usize, false);
-            #[unroll]
-            for j in 0..blocks {
-                def.execute_inplace(&a, bs.index(j), acc.index_mut(i * blocks + j));
-            }
+            def.execute_inplace(&a, bs.index(j), acc.index_mut(i * blocks + j));
         }
     }
 }

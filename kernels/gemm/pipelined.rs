@@ -80,14 +80,19 @@ pub(crate) fn store_a64<F: Float>(
 pub(crate) fn decode_words<F: Float, W: Size>(words: Vector<u32, W>, #[comptime] count: usize, scale: f32, table: &SharedMemory<f32>, tile: &mut SharedMemory<Vector<F, Const<8>>>, at: usize) {
     #[unroll]
     for q in 0..count {
-        let word = words[q];
-        let mut vec = Vector::<F, Const<8>>::empty();
-        #[unroll]
-        for j in 0..8usize {
-            vec[j] = F::cast_from(table[nibble(word, j)] * scale);
-        }
-        tile[at + q] = vec;
+        decode_word::<F>(words[q], scale, table, tile, at + q);
     }
+}
+
+/// Decodes one little-endian word of 8 codes, times `scale`, into the vector `tile[at]`.
+#[cube]
+pub(crate) fn decode_word<F: Float>(word: u32, scale: f32, table: &SharedMemory<f32>, tile: &mut SharedMemory<Vector<F, Const<8>>>, at: usize) {
+    let mut vec = Vector::<F, Const<8>>::empty();
+    #[unroll]
+    for j in 0..8usize {
+        vec[j] = F::cast_from(table[nibble(word, j)] * scale);
+    }
+    tile[at] = vec;
 }
 
 /// A 16 x 16 operand fragment loaded from a vectorized shared tile at vector offset `start`,

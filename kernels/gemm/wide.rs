@@ -25,10 +25,11 @@
 //! step's barrier, so both writes are safe.
 
 use super::kernel::BN;
-use super::mma::{mma_products, store_mma_tile, zero_mma_accumulators};
-use super::pipelined::{decode_words, BK64, LDV64};
+use super::mma::{mma_products_k16, store_mma_tile, zero_mma_accumulators};
+use super::pipelined::{decode_word, decode_words, BK64, LDV64};
 use crate::gemm_dx::pipelined::LDBV;
-use crate::device::block_scale;
+use crate::device::{finish_scale, load_scale_parts};
+use crate::nf4::LUT_LEN;
 use cubecl::prelude::barrier::{copy_async, Barrier};
 use cubecl::prelude::*;
 
@@ -60,6 +61,17 @@ pub(crate) fn copy_a64_async<F: Float>(a: &Array<Vector<F, Const<8>>>, tile: &mu
     }
 }
 
+/// The offset in `W`'s codes of a loader thread's first code in tile `t` (see `first` in
+/// [`gemm_wide_kernel`]).
+#[cube]
+fn w_offset(first: usize, wr: usize, k: usize, t: usize, #[comptime] dx: bool) -> usize {
+    if comptime![dx] {
+        (t * BK64 + wr) * k + first
+    } else {
+        first + t * BK64
+    }
+}
+
 /// `Y = X W^T` (`dx` false: `a` is `X[M, K]`, `out` is `Y[M, N]`, the reduction runs over `K`
 /// and `W`'s tile holds 128 of its rows, `n`-major) or `dX = dY W` (`dx` true: `a` is
 /// `dY[M, N]`, `out` is `dX[M, K]`, the reduction runs over `N` and the tile holds 64 rows of
@@ -86,9 +98,14 @@ pub(crate) fn gemm_wide_kernel<F: Float, W: Size>(
     // the tile's 128 columns.
     let per_row = if comptime![dx] { BN / codes } else { BK64 / codes };
     let tid = UNIT_POS as usize;
-    let mut table = SharedMemory::<f32>::new(16usize);
+    // The NF4 codes, and with double quantization the block codes' map too: the scale then
+    // needs no global load that depends on another.
+    let mut table = SharedMemory::<f32>::new(comptime![if double { LUT_LEN } else { 16 }]);
     if tid < 16 {
         table[tid] = lut[tid];
+    }
+    if comptime![double] {
+        table[16 + tid] = lut[16 + tid];
     }
     let a_tile = comptime![WIDE_ROWS * LDV64];
     let w_tile = comptime![if dx { BK64 * LDBV } else { BN * LDV64 }];
@@ -123,39 +140,61 @@ pub(crate) fn gemm_wide_kernel<F: Float, W: Size>(
     // The reduction's length (`a`'s columns) and the output's columns.
     let (red, cols) = if comptime![dx] { (n, k) } else { (k, n) };
 
+    // `W`'s words and block scale travel two steps ahead: step `kt` decodes those of tile
+    // `kt + 1`, loaded at the end of step `kt - 1`, so their global latency passes during the
+    // barrier instead of stalling the first decode. The scale is finished from its raw parts
+    // (block code and nested scale, or the scale) only where it is first used, for the same
+    // reason.
     copy_a64_async::<F>(a, &mut xs, 0, m0, m_rows, red, 0, tid);
     let mut wv = Vector::<u32, W>::new(0u32);
-    let mut scale = 0.0f32;
+    let mut code = 0u32;
+    let mut raw = 0.0f32;
     if live {
-        let e0 = if comptime![dx] { wr * k + first } else { first };
+        let e0 = w_offset(first, wr, k, 0, dx);
         wv = words[e0 / codes];
-        scale = block_scale(e0 >> block_shift as usize, absmax, qcodes, lut, offset, double);
+        let parts = load_scale_parts(e0 >> block_shift as usize, absmax, qcodes, double);
+        code = parts.0;
+        raw = parts.1;
     }
+    let scale = finish_scale(code, raw, &table, offset, live, double);
     decode_words::<F, W>(wv, W::value(), scale, &table, &mut ws, w_at);
+    let tiles = red / BK64;
+    if live && tiles > 1 {
+        let e0 = w_offset(first, wr, k, 1, dx);
+        wv = words[e0 / codes];
+        let parts = load_scale_parts(e0 >> block_shift as usize, absmax, qcodes, double);
+        code = parts.0;
+        raw = parts.1;
+    }
     bar.commit_copy_async();
     bar.arrive_and_wait();
 
-    let tiles = red / BK64;
     // Unrolled once per tile set so each copy addresses its set at compile-time offsets.
     for round in 0..(tiles + 1) / 2 {
         #[unroll]
         for cur in 0..2usize {
             let kt = round * 2 + cur;
             if kt < tiles {
-                let more = kt + 1 < tiles;
                 let next = 1 - cur;
-                if more {
-                    let s0 = (kt + 1) * BK64;
-                    copy_a64_async::<F>(a, &mut xs, next * a_tile, m0, m_rows, red, s0, tid);
-                    if live {
-                        let e0 = if comptime![dx] { (s0 + wr) * k + first } else { first + s0 };
-                        wv = words[e0 / codes];
-                        scale = block_scale(e0 >> block_shift as usize, absmax, qcodes, lut, offset, double);
-                    }
+                if kt + 1 < tiles {
+                    copy_a64_async::<F>(a, &mut xs, next * a_tile, m0, m_rows, red, (kt + 1) * BK64, tid);
                 }
-                mma_products::<F>(&xs, cur * a_tile, &ws, cur * w_tile, &mut macc, wm, wn, lane, comptime![!dx], ldw, WIDE_COLS);
-                if more {
-                    decode_words::<F, W>(wv, W::value(), scale, &table, &mut ws, next * w_tile + w_at);
+                let scale = finish_scale(code, raw, &table, offset, live, double);
+                // Word `kk` of the next tile (launched with W = WIDE_WORDS = 4: one word per
+                // slice) is decoded after the products' 16-wide slice `kk`, so the decode's
+                // arithmetic issues between the slices' `HMMA`s instead of after all of them.
+                // Unguarded on the last step: that decode lands in a set no one reads again.
+                #[unroll]
+                for kk in 0..4usize {
+                    mma_products_k16::<F>(&xs, cur * a_tile, &ws, cur * w_tile, &mut macc, wm, wn, lane, comptime![!dx], ldw, WIDE_COLS, kk);
+                    decode_word::<F>(wv[kk], scale, &table, &mut ws, next * w_tile + w_at + kk);
+                }
+                if live && kt + 2 < tiles {
+                    let e0 = w_offset(first, wr, k, kt + 2, dx);
+                    wv = words[e0 / codes];
+                    let parts = load_scale_parts(e0 >> block_shift as usize, absmax, qcodes, double);
+                    code = parts.0;
+                    raw = parts.1;
                 }
                 bar.commit_copy_async();
                 bar.arrive_and_wait();
