@@ -232,6 +232,15 @@ pub fn attention_products<R: CubeRuntime>(client: &ComputeClient<R>, device: &R:
         let row = BenchRow { op: format!("attention forward, fused kernel (x{})", kvh * rep), m: s, n: t, k: d, us, gbs: bytes as f64 / us / 1e3, tflops: flops / us / 1e6, note: "whole causal forward; the rows below are its block products as Burn runs them".into() };
         print(&row);
         rows.push(row);
+        // The one-pass kernel, reading the mask and computing it.
+        for (what, m) in [("mask read", Some(&mask)), ("causal mask computed", None)] {
+            let us = time_us(client, 10, |_| {
+                crate::attention::flash_attention(&q, &k, &v, m, shape, scale).unwrap();
+            });
+            let row = BenchRow { op: format!("attention forward, flash kernel, {what} (x{})", kvh * rep), m: s, n: t, k: d, us, gbs: bytes as f64 / us / 1e3, tflops: flops / us / 1e6, note: "whole causal forward, one pass".into() };
+            print(&row);
+            rows.push(row);
+        }
     }
     for (n, keys) in [(1024usize, 1024usize), (512, 2048)] {
         let r = rep * n;

@@ -152,6 +152,8 @@ pub fn variants<R: Runtime>(client: &ComputeClient<R>) -> Vec<Variant> {
                 // Head dims of the tiny fixture, Qwen2.5-0.5B and Qwen2.5-7B; CUDA's bools are u8.
                 for d in [16usize, 64, 128] {
                     out.push(variant(format!("attention d{d} {t}"), attention::kernel::causal_attention_kernel::CausalAttentionKernel::<F, u8, R>::new(settings(128), c(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), (), d)));
+                    out.push(variant(format!("flash attention d{d} {t}"), attention::flash::flash_attention_kernel::FlashAttentionKernel::<F, u8, R>::new(settings(128), c(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), (), d, true)));
+                    out.push(variant(format!("flash attention causal d{d} {t}"), attention::flash::flash_attention_kernel::FlashAttentionKernel::<F, u8, R>::new(settings(128), c(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), (), d, false)));
                 }
             }
             out.push(variant(format!("gemm_dx {t}{dq}"), gemm_dx::kernel::gemm_dx_kernel::GemmDxKernel::<F, R>::new(settings(256), c(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), double)));

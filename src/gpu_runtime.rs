@@ -37,6 +37,8 @@ pub struct GpuRuntimeSettings {
     pub memory_log: Option<PathBuf>,
     /// How 16-bit NF4 products of more than a few rows run.
     pub nf4_product: crate::model::nf4_weight::ops::Nf4Product,
+    /// Which program runs 16-bit causal attention forwards on CUDA.
+    pub attention_kernel: crate::model::attention_kernel::AttentionKernel,
 }
 
 impl GpuRuntimeSettings {
@@ -68,6 +70,7 @@ pub enum GpuRuntimeError {
 /// reads its configuration once per process). Builds without the `cuda` feature do nothing.
 pub fn configure(settings: &GpuRuntimeSettings) -> Result<(), GpuRuntimeError> {
     crate::model::nf4_weight::ops::set_nf4_product(settings.nf4_product);
+    crate::model::attention_kernel::set_attention_kernel(settings.attention_kernel);
     #[cfg(feature = "cuda")]
     apply_cubecl(settings)?;
     #[cfg(not(feature = "cuda"))]

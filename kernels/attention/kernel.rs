@@ -244,8 +244,13 @@ pub(crate) fn causal_attention_kernel<F: Float, M: Int>(
 }
 
 /// Checks the operands against `shape` and returns the mask's element size.
-fn check<R: CubeRuntime>(q: &CubeTensor<R>, k: &CubeTensor<R>, v: &CubeTensor<R>, mask: &CubeTensor<R>, out: &CubeTensor<R>, shape: Causal, scale: f32) -> Result<usize, KernelError> {
-    const NAME: &str = "causal attention";
+pub(crate) fn check<R: CubeRuntime>(q: &CubeTensor<R>, k: &CubeTensor<R>, v: &CubeTensor<R>, mask: &CubeTensor<R>, out: &CubeTensor<R>, shape: Causal, scale: f32) -> Result<usize, KernelError> {
+    check_operands(q, k, v, out, shape, scale)?;
+    check_mask(mask, shape)
+}
+
+/// Checks `q`, `k`, `v`, `out` and `scale` against `shape`.
+pub(crate) fn check_operands<R: CubeRuntime>(q: &CubeTensor<R>, k: &CubeTensor<R>, v: &CubeTensor<R>, out: &CubeTensor<R>, shape: Causal, scale: f32) -> Result<(), KernelError> {
     let shape_err = |what: String| KernelError::Shape { kernel: NAME, what };
     let Causal { batch, s, t, d, mask_batches, .. } = shape;
     if !(scale > 0.0 && scale.is_finite()) {
@@ -267,6 +272,12 @@ fn check<R: CubeRuntime>(q: &CubeTensor<R>, k: &CubeTensor<R>, v: &CubeTensor<R>
             return Err(shape_err(format!("{name} is {:?} {dims:?} (contiguous: {}, byte offset {offset}), expected a contiguous {:?} tensor of {len} elements on a 16-byte boundary", x.dtype, x.is_contiguous(), q.dtype)));
         }
     }
+    Ok(())
+}
+
+/// Checks the mask against `shape` and returns its element size (Burn's bool storage).
+pub(crate) fn check_mask<R: CubeRuntime>(mask: &CubeTensor<R>, shape: Causal) -> Result<usize, KernelError> {
+    let Causal { s, t, mask_batches, .. } = shape;
     let melem = match mask.dtype {
         DType::Bool(BoolStore::U8) | DType::U8 => 1,
         DType::Bool(BoolStore::U32) | DType::U32 => 4,
@@ -274,10 +285,13 @@ fn check<R: CubeRuntime>(q: &CubeTensor<R>, k: &CubeTensor<R>, v: &CubeTensor<R>
     };
     if numel(mask) != shape.mask_len() || !mask.is_contiguous() {
         let dims: Vec<usize> = mask.meta.shape().iter().copied().collect();
-        return Err(shape_err(format!("mask is {dims:?} (contiguous: {}), expected a contiguous [{mask_batches}, {s}, {t}]", mask.is_contiguous())));
+        return Err(KernelError::Shape { kernel: NAME, what: format!("mask is {dims:?} (contiguous: {}), expected a contiguous [{mask_batches}, {s}, {t}]", mask.is_contiguous()) });
     }
     Ok(melem)
 }
+
+/// The kernels' name in errors.
+const NAME: &str = "causal attention";
 
 /// Largest head dim taken (the queries' and the output's fragments live in registers).
 pub const MAX_HEAD_DIM: usize = 128;
@@ -295,7 +309,6 @@ pub fn causal_attention<R: CubeRuntime>(q: &CubeTensor<R>, k: &CubeTensor<R>, v:
 /// [`causal_attention`] into `out` (contiguous, `q`'s shape and dtype; tests pass a poisoned
 /// one).
 pub fn causal_attention_into<R: CubeRuntime>(q: &CubeTensor<R>, k: &CubeTensor<R>, v: &CubeTensor<R>, mask: &CubeTensor<R>, shape: Causal, scale: f32, out: &CubeTensor<R>) -> Result<(), KernelError> {
-    const NAME: &str = "causal attention";
     let melem = check(q, k, v, mask, out, shape, scale)?;
     let Causal { batch, kv_heads, rep, s, t, d, mask_batches } = shape;
     if batch * kv_heads * rep == 0 {

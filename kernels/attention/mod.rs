@@ -10,12 +10,18 @@
 //! random shapes; the model's forward without a tape (generation, evaluation) takes it on CUDA
 //! (`model::attention_kernel`). Training keeps the block-wise ops (`model::attention_grad`):
 //! this kernel is not yet fast (21.8 TFLOP/s on the 7B training shape, H100: two passes, no
-//! prefetching, one 32-key tile per barrier) and has no backward.
+//! prefetching, one 32-key tile per barrier) and has no backward. `flash` is the one-pass
+//! kernel (`mma.sync`, online softmax in registers, `cp.async` prefetch) that
+//! `--attention-kernel flash` selects for inference and training's forward.
 
 pub mod reference;
 
 #[cfg(feature = "launch")]
 pub(crate) mod kernel;
+#[cfg(feature = "launch")]
+pub(crate) mod flash;
+#[cfg(feature = "launch")]
+pub use flash::{flash_attention, flash_attention_into};
 #[cfg(feature = "launch")]
 pub use kernel::{causal_attention, causal_attention_into, MAX_HEAD_DIM};
 pub use reference::Causal;

@@ -79,7 +79,8 @@ mod device {
             let dtype = if i % 2 == 0 { DType::BF16 } else { DType::F16 };
             let store = if i % 3 == 0 { BoolStore::U32 } else { BoolStore::U8 };
             let (q, k, v) = (uniform(&mut r, shape.q_len(), 2.0), uniform(&mut r, shape.kv_len(), 2.0), uniform(&mut r, shape.kv_len(), 1.0));
-            let pads: Vec<usize> = (0..mask_batches).map(|_| r.random_range(0..=s.min(5))).collect();
+            // Two cases in three unpadded, so the computed causal mask is checked too.
+            let pads: Vec<usize> = (0..mask_batches).map(|_| if i % 3 != 0 { 0 } else { r.random_range(0..=s.min(5)) }).collect();
             let mask = causal_mask(s, shape.t, &pads);
             let rounded = |x: &[f32]| x.iter().map(|&x| round(x, dtype)).collect::<Vec<_>>();
             let scale = (d as f32).powf(-0.5);
@@ -91,6 +92,16 @@ mod device {
             let out = up(&vec![f32::NAN; shape.q_len()], vec![shape.q_len()]);
             super::super::causal_attention_into(&dq, &dk, &dv, &dm, shape, scale, &out).unwrap();
             assert_close(&format!("causal attention {shape:?} {dtype:?} mask {store:?} pads {pads:?}"), &read_f32(&out), &want, "ATTENTION_HALF_REL", ATTENTION_HALF_REL);
+            // The one-pass kernel, reading the mask, and computing it where it is the plain
+            // causal one (no padding).
+            let out = up(&vec![f32::NAN; shape.q_len()], vec![shape.q_len()]);
+            super::super::flash_attention_into(&dq, &dk, &dv, Some(&dm), shape, scale, &out).unwrap();
+            assert_close(&format!("flash attention {shape:?} {dtype:?} mask {store:?} pads {pads:?}"), &read_f32(&out), &want, "ATTENTION_HALF_REL", ATTENTION_HALF_REL);
+            if pads.iter().all(|&p| p == 0) {
+                let out = up(&vec![f32::NAN; shape.q_len()], vec![shape.q_len()]);
+                super::super::flash_attention_into(&dq, &dk, &dv, None, shape, scale, &out).unwrap();
+                assert_close(&format!("flash attention {shape:?} {dtype:?} computed causal mask"), &read_f32(&out), &want, "ATTENTION_HALF_REL", ATTENTION_HALF_REL);
+            }
         }
     }
 
@@ -110,5 +121,9 @@ mod device {
         assert!(run(&q, &f(shape.kv_len() + 16, DType::BF16), &m, shape, 0.25).is_err(), "keys of another length");
         assert!(run(&q, &kv, &f(16, DType::F32), shape, 0.25).is_err(), "f32 mask");
         assert!(run(&q, &kv, &m, Causal { mask_batches: 2, ..shape }, 0.25).is_err(), "mask batches");
+        let flash = |q: &_, k: &_, m: Option<&_>, shape: Causal| super::super::flash_attention(q, k, k, m, shape, 0.25);
+        assert!(flash(&q, &kv, Some(&m), shape).is_ok() && flash(&q, &kv, None, shape).is_ok(), "the valid flash calls");
+        assert!(flash(&q, &kv, Some(&f(16, DType::F32)), shape).is_err(), "flash: f32 mask");
+        assert!(flash(&q, &kv, None, Causal { t: 3, ..shape }).is_err(), "flash: fewer keys than queries");
     }
 }

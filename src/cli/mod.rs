@@ -52,6 +52,9 @@ pub struct GpuRuntimeArgs {
     /// at the 7B's largest weight).
     #[arg(long, global = true, value_enum, default_value = "fused256-wide")]
     pub nf4_product: crate::model::nf4_weight::ops::Nf4Product,
+    /// Which program runs CUDA's bf16/f16 causal attention forward.
+    #[arg(long, global = true, value_enum, default_value = "two-pass")]
+    pub attention_kernel: crate::model::attention_kernel::AttentionKernel,
 }
 
 impl GpuRuntimeArgs {
@@ -62,7 +65,7 @@ impl GpuRuntimeArgs {
             (Some(dir), false) => Some(dir.clone()),
             (None, false) => crate::gpu_runtime::GpuRuntimeSettings::default_cache_dir(),
         };
-        crate::gpu_runtime::GpuRuntimeSettings { cache_dir, autotune: self.autotune, memory_log: self.memory_log.clone(), nf4_product: self.nf4_product }
+        crate::gpu_runtime::GpuRuntimeSettings { cache_dir, autotune: self.autotune, memory_log: self.memory_log.clone(), nf4_product: self.nf4_product, attention_kernel: self.attention_kernel }
     }
 }
 

@@ -16,6 +16,7 @@
 //! takes the tensor-op version.
 
 use super::attention::{attend_causal_ops, block_keys, block_matmul, block_rows};
+use super::attention_kernel::{attention_kernel, fused_causal, AttentionKernel};
 use super::autodiff_op::{cast, float, on_training_backend, TrainingOp};
 use super::softmax::masked_softmax_backward;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -128,16 +129,16 @@ fn on_autodiff<B: Backend, C: CheckpointStrategy>(
 ) -> Tensor<Autodiff<B, C>, 5> {
     let (q, k, v) = (q.into_primitive().tensor(), k.into_primitive().tensor(), v.into_primitive().tensor());
     let mask_inner: BoolTensor<B> = mask.clone().into_primitive();
-    // The block-wise ops, not the fused kernel: at the 7B training shape the kernel took
-    // 1.38 ms for what Burn's autotuned products and the softmax kernel do in ~0.75
-    // (`medqlora bench kernels --attention`, H100, 2026-12-06).
-    let out = attend_causal_ops::<B>(
-        float(q.primitive.clone()),
-        float(k.primitive.clone()),
-        float(v.primitive.clone()),
-        &Tensor::from_primitive(mask_inner.clone()),
-        block,
-    )
+    // The block-wise ops unless the one-pass kernel is asked for: at the 7B training shape
+    // the two-pass kernel took 1.38 ms for what Burn's autotuned products and the softmax
+    // kernel do in ~0.75 (`medqlora bench kernels --attention`, H100, 2026-12-06).
+    let (qf, kf, vf) = (float::<B, 5>(q.primitive.clone()), float::<B, 4>(k.primitive.clone()), float::<B, 4>(v.primitive.clone()));
+    let mask_t = Tensor::from_primitive(mask_inner.clone());
+    let fused = if attention_kernel() == AttentionKernel::Flash { fused_causal(qf, kf, vf, &mask_t) } else { Err((qf, kf, vf)) };
+    let out = match fused {
+        Ok(out) => out,
+        Err((qf, kf, vf)) => attend_causal_ops::<B>(qf, kf, vf, &mask_t, block),
+    }
     .into_primitive()
     .tensor();
     let parents = [q.node.clone(), k.node.clone(), v.node.clone()];

@@ -7,13 +7,45 @@
 //! against a plain reference, that keeps the scores on chip, so what generation and
 //! evaluation compute does not depend on the machine's tuning. It takes bf16/f16 (tensor
 //! cores); f32 and anything else it refuses go to [`super::attention::attend_causal_ops`].
-//! Training keeps the block-wise ops ([`super::attention_grad`]): the kernel is slower than
-//! Burn's autotuned products at the 7B training shape (1.38 ms against ~0.75 per layer's
-//! forward, H100, `medqlora bench kernels --attention`), and training's bf16 products are
-//! checked against the CPU at odd lengths and against PEFT end to end.
+//! Training keeps the block-wise ops ([`super::attention_grad`]) by default: the two-pass
+//! kernel is slower than Burn's autotuned products at the 7B training shape (1.38 ms against
+//! ~0.75 per layer's forward, H100, `medqlora bench kernels --attention`), and training's bf16
+//! products are checked against the CPU at odd lengths and against PEFT end to end.
+//! `--attention-kernel flash` takes the one-pass kernel for both (measured: BENCHMARKS.md).
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Which program runs CUDA's 16-bit causal attention forward (a process-wide choice made
+/// once at the CLI edge, as [`super::nf4_weight::ops::Nf4Product`]).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttentionKernel {
+    /// Inference through the two-pass kernel (`medqlora_kernels::attention::causal_attention`),
+    /// training's forward through the block-wise ops.
+    #[default]
+    TwoPass,
+    /// The one-pass kernel (`medqlora_kernels::attention::flash_attention`: FlashAttention-2's
+    /// forward on `mma.sync`, the softmax online in registers) for inference and for
+    /// training's forward (its backward stays block-wise, recomputing from q, k, v).
+    Flash,
+}
+
+static FLASH: AtomicBool = AtomicBool::new(false);
+
+/// Sets the process's [`AttentionKernel`].
+pub fn set_attention_kernel(kernel: AttentionKernel) {
+    FLASH.store(kernel == AttentionKernel::Flash, Ordering::Relaxed);
+}
+
+/// The process's [`AttentionKernel`].
+pub fn attention_kernel() -> AttentionKernel {
+    if FLASH.load(Ordering::Relaxed) {
+        AttentionKernel::Flash
+    } else {
+        AttentionKernel::TwoPass
+    }
+}
 
 /// `softmax(q k^T d^-0.5 + mask) v` for `q: [b, kv_heads, rep, s, d]`, `k, v: [b, kv_heads,
 /// t, d]`, `mask: [b or 1, 1, 1, s, t]` (causal: it hides every key after a query's position)
@@ -35,7 +67,7 @@ mod cuda {
     use crate::model::cuda_tensor::{back, cube, cube_of};
     use burn::tensor::backend::Backend;
     use burn::tensor::{Bool, DType, Tensor};
-    use medqlora_kernels::attention::{causal_attention, Causal};
+    use medqlora_kernels::attention::{causal_attention, flash_attention, Causal};
 
     #[allow(clippy::type_complexity)]
     pub(super) fn fused_causal<B: Backend>(q: Tensor<B, 5>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: &Tensor<B, 5, Bool>) -> Result<Tensor<B, 5>, (Tensor<B, 5>, Tensor<B, 4>, Tensor<B, 4>)> {
@@ -54,7 +86,12 @@ mod cuda {
         let (kc, vc) = (cube_of(k.into_primitive().tensor()), cube_of(v.into_primitive().tensor()));
         let mc = cube_of(mask.clone().into_primitive());
         let shape = Causal { batch: b, kv_heads, rep, s, t, d, mask_batches };
-        match causal_attention(&qc, &kc, &vc, &mc, shape, (d as f32).powf(-0.5)) {
+        let scale = (d as f32).powf(-0.5);
+        let out = match super::attention_kernel() {
+            super::AttentionKernel::Flash => flash_attention(&qc, &kc, &vc, Some(&mc), shape, scale),
+            super::AttentionKernel::TwoPass => causal_attention(&qc, &kc, &vc, &mc, shape, scale),
+        };
+        match out {
             Ok(out) => Ok(float::<B, 5>(back(out))),
             Err(_) => Err((float::<B, 5>(back(qc)), float::<B, 4>(back(kc)), float::<B, 4>(back(vc)))),
         }
