@@ -92,7 +92,7 @@ fn fused_bf16_attention_equals_eager_attention_on_the_cpu() {
     #[cfg(feature = "cuda")]
     {
         use burn::tensor::Bool;
-        use medqlora::model::attention_kernel::fused_causal;
+        use medqlora::model::attention_kernel::{fused_causal, set_attention_kernel, AttentionKernel};
         type G = burn::backend::Cuda<half::bf16>;
         type C = medqlora::backend::CpuBackend;
         let gpu = burn::backend::cuda::CudaDevice::new(0);
@@ -120,11 +120,18 @@ fn fused_bf16_attention_equals_eager_attention_on_the_cpu() {
             let q = Tensor::<G, 5>::from_data(TensorData::new(q, [b, kvh, rep, s, d]), bf16);
             let k = Tensor::<G, 4>::from_data(TensorData::new(k, [b, kvh, s, d]), bf16);
             let v = Tensor::<G, 4>::from_data(TensorData::new(v, [b, kvh, s, d]), bf16);
-            let got = fused_causal(q, k, v, &mask).unwrap_or_else(|_| panic!("the kernel refused bf16 {b}x{kvh}x{rep}x{s}x{d}"));
-            let e = common::rel_l2(&common::values(&got.into_data()), &common::values(&want));
-            let bound = 1e-2;
-            println!("cuda bf16 fused: batch {b}, kv heads {kvh} x {rep}, head dim {d}, length {s}, pad {pad}: relative L2 {e:.2e} (bound {bound:.0e})");
-            assert!(e.is_finite() && e <= bound, "fused attention at length {s}, head dim {d}: relative L2 {e:e} > {bound:e} (seed {seed})");
+            // Both kernels (a process-wide choice, restored below; the device runs these
+            // tests one at a time); the one-pass kernel also computing the causal mask where
+            // nothing is padded.
+            for (kernel, causal_only) in [(AttentionKernel::TwoPass, false), (AttentionKernel::Flash, false), (AttentionKernel::Flash, pad == 0)] {
+                set_attention_kernel(kernel);
+                let got = fused_causal(q.clone(), k.clone(), v.clone(), &mask, causal_only).unwrap_or_else(|_| panic!("the {kernel:?} kernel refused bf16 {b}x{kvh}x{rep}x{s}x{d}"));
+                set_attention_kernel(AttentionKernel::TwoPass);
+                let e = common::rel_l2(&common::values(&got.into_data()), &common::values(&want));
+                let bound = 1e-2;
+                println!("cuda bf16 {kernel:?} (mask computed: {causal_only}): batch {b}, kv heads {kvh} x {rep}, head dim {d}, length {s}, pad {pad}: relative L2 {e:.2e} (bound {bound:.0e})");
+                assert!(e.is_finite() && e <= bound, "{kernel:?} attention at length {s}, head dim {d}: relative L2 {e:e} > {bound:e} (seed {seed})");
+            }
         }
     }
 }

@@ -45,6 +45,9 @@ pub struct AttentionInputs<'a, B: Backend> {
     pub sin: &'a Tensor<B, 4>,
     /// `true` where a query may NOT see a key: `[batch or 1, 1, 1, seq, seen + seq]`.
     pub mask: &'a Tensor<B, 5, Bool>,
+    /// `mask` is exactly the causal one (query `i` sees keys `0 ..= seen + i`, no padding):
+    /// CUDA's one-pass attention kernel then computes it instead of reading it.
+    pub causal_only: bool,
 }
 
 impl<B: Backend> Attention<B> {
@@ -68,7 +71,7 @@ impl<B: Backend> Attention<B> {
         // Query head i reads kv head i / rep (transformers' repeat_kv): group the queries of one
         // kv head along the sequence axis instead of copying K and V `rep` times.
         let q = q.reshape([b, kvh, h / kvh, s, d]);
-        let out = attend_causal(q, k, v, inputs.mask, QUERY_BLOCK);
+        let out = attend_causal(q, k, v, inputs.mask, inputs.causal_only, QUERY_BLOCK);
         self.o_proj.forward(out.reshape([b, h, s, d]).swap_dims(1, 2).reshape([b, s, h * d]))
     }
 }
@@ -83,18 +86,19 @@ pub const QUERY_BLOCK: usize = 512;
 ///
 /// Under autodiff (training) this is one operation that keeps only q, k, v and recomputes the
 /// probabilities in its backward ([`super::attention_grad`]); otherwise
-/// [`attend_causal_untracked`].
-pub fn attend_causal<B: Backend>(q: Tensor<B, 5>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: &Tensor<B, 5, Bool>, block: usize) -> Tensor<B, 5> {
-    match super::attention_grad::try_autodiff(q, k, v, mask, block) {
+/// [`attend_causal_untracked`]. `causal_only`: `mask` is exactly the causal one
+/// ([`AttentionInputs::causal_only`]).
+pub fn attend_causal<B: Backend>(q: Tensor<B, 5>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: &Tensor<B, 5, Bool>, causal_only: bool, block: usize) -> Tensor<B, 5> {
+    match super::attention_grad::try_autodiff(q, k, v, mask, causal_only, block) {
         Ok(out) => out,
-        Err((q, k, v)) => attend_causal_untracked(q, k, v, mask, block),
+        Err((q, k, v)) => attend_causal_untracked(q, k, v, mask, causal_only, block),
     }
 }
 
 /// [`attend_causal`] without a tape: the fused kernel where it takes the operands (CUDA,
 /// bf16/f16, [`super::attention_kernel`]), else [`attend_causal_ops`].
-pub fn attend_causal_untracked<B: Backend>(q: Tensor<B, 5>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: &Tensor<B, 5, Bool>, block: usize) -> Tensor<B, 5> {
-    match super::attention_kernel::fused_causal(q, k, v, mask) {
+pub fn attend_causal_untracked<B: Backend>(q: Tensor<B, 5>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: &Tensor<B, 5, Bool>, causal_only: bool, block: usize) -> Tensor<B, 5> {
+    match super::attention_kernel::fused_causal(q, k, v, mask, causal_only) {
         Ok(out) => out,
         Err((q, k, v)) => attend_causal_ops(q, k, v, mask, block),
     }
@@ -296,7 +300,7 @@ mod tests {
             .slice_assign([0..1, 0..1, s - 1..s, 0..d], Tensor::full([1, 1, 1, d], f32::NAN, &dev));
         let mask = causal_mask::<NdArray<f32>>(s, 0, &dev);
         let nan_rows = |block: usize| -> Vec<usize> {
-            let out = attend_causal(q.clone(), k.clone(), v.clone(), &mask, block).into_data().to_vec::<f32>().unwrap();
+            let out = attend_causal(q.clone(), k.clone(), v.clone(), &mask, true, block).into_data().to_vec::<f32>().unwrap();
             (0..s).filter(|&r| out[r * d..(r + 1) * d].iter().any(|x| x.is_nan())).collect()
         };
         assert_eq!(nan_rows(s), (0..s).collect::<Vec<_>>(), "eager attention multiplies every row by the masked value");

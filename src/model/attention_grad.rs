@@ -125,6 +125,7 @@ fn on_autodiff<B: Backend, C: CheckpointStrategy>(
     k: Tensor<Autodiff<B, C>, 4>,
     v: Tensor<Autodiff<B, C>, 4>,
     mask: &Tensor<Autodiff<B, C>, 5, Bool>,
+    causal_only: bool,
     block: usize,
 ) -> Tensor<Autodiff<B, C>, 5> {
     let (q, k, v) = (q.into_primitive().tensor(), k.into_primitive().tensor(), v.into_primitive().tensor());
@@ -134,7 +135,7 @@ fn on_autodiff<B: Backend, C: CheckpointStrategy>(
     // kernel do in ~0.75 (`medqlora bench kernels --attention`, H100, 2026-12-06).
     let (qf, kf, vf) = (float::<B, 5>(q.primitive.clone()), float::<B, 4>(k.primitive.clone()), float::<B, 4>(v.primitive.clone()));
     let mask_t = Tensor::from_primitive(mask_inner.clone());
-    let fused = if attention_kernel() == AttentionKernel::Flash { fused_causal(qf, kf, vf, &mask_t) } else { Err((qf, kf, vf)) };
+    let fused = if attention_kernel() == AttentionKernel::Flash { fused_causal(qf, kf, vf, &mask_t, causal_only) } else { Err((qf, kf, vf)) };
     let out = match fused {
         Ok(out) => out,
         Err((qf, kf, vf)) => attend_causal_ops::<B>(qf, kf, vf, &mask_t, block),
@@ -159,14 +160,16 @@ pub fn try_autodiff<B: Backend>(
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
     mask: &Tensor<B, 5, Bool>,
+    causal_only: bool,
     block: usize,
 ) -> Result<Tensor<B, 5>, (Tensor<B, 5>, Tensor<B, 4>, Tensor<B, 4>)> {
-    on_training_backend(&Attend { mask, block }, (q, k, v))
+    on_training_backend(&Attend { mask, causal_only, block }, (q, k, v))
 }
 
 /// The operation with the arguments that are not differentiated.
 struct Attend<'a, B: Backend> {
     mask: &'a Tensor<B, 5, Bool>,
+    causal_only: bool,
     block: usize,
 }
 
@@ -181,7 +184,7 @@ impl<B: Backend> TrainingOp for Attend<'_, B> {
         let q = cast::<_, Tensor<A<I>, 5>>(q).unwrap_or_else(|_| unreachable!("{same}"));
         let k = cast::<_, Tensor<A<I>, 4>>(k).unwrap_or_else(|_| unreachable!("{same}"));
         let v = cast::<_, Tensor<A<I>, 4>>(v).unwrap_or_else(|_| unreachable!("{same}"));
-        Ok(cast::<_, Tensor<B, 5>>(on_autodiff::<I, NoCheckpointing>(q, k, v, mask, self.block)).unwrap_or_else(|_| unreachable!("{same}")))
+        Ok(cast::<_, Tensor<B, 5>>(on_autodiff::<I, NoCheckpointing>(q, k, v, mask, self.causal_only, self.block)).unwrap_or_else(|_| unreachable!("{same}")))
     }
 }
 
@@ -200,7 +203,7 @@ mod tests {
             let dev = Default::default();
             let q = Tensor::<B, 5>::random([1, 1, 2, 5, 4], Distribution::Normal(0.0, 1.0), &dev);
             let kv = || Tensor::<B, 4>::random([1, 1, 5, 4], Distribution::Normal(0.0, 1.0), &dev);
-            try_autodiff(q, kv(), kv(), &causal_mask::<B>(5, 0, &dev), 2).is_ok()
+            try_autodiff(q, kv(), kv(), &causal_mask::<B>(5, 0, &dev), true, 2).is_ok()
         }
         assert!(call::<Autodiff<NdArray<f32>>>());
         assert!(!call::<NdArray<f32>>());

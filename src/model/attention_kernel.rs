@@ -49,14 +49,15 @@ pub fn attention_kernel() -> AttentionKernel {
 
 /// `softmax(q k^T d^-0.5 + mask) v` for `q: [b, kv_heads, rep, s, d]`, `k, v: [b, kv_heads,
 /// t, d]`, `mask: [b or 1, 1, 1, s, t]` (causal: it hides every key after a query's position)
-/// by the fused kernel, or the operands back when it does not take them.
+/// by the fused kernel, or the operands back when it does not take them. `causal_only`:
+/// `mask` is exactly the causal one, which the one-pass kernel then computes.
 #[allow(clippy::type_complexity)]
-pub fn fused_causal<B: Backend>(q: Tensor<B, 5>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: &Tensor<B, 5, Bool>) -> Result<Tensor<B, 5>, (Tensor<B, 5>, Tensor<B, 4>, Tensor<B, 4>)> {
+pub fn fused_causal<B: Backend>(q: Tensor<B, 5>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: &Tensor<B, 5, Bool>, causal_only: bool) -> Result<Tensor<B, 5>, (Tensor<B, 5>, Tensor<B, 4>, Tensor<B, 4>)> {
     #[cfg(feature = "cuda")]
-    return cuda::fused_causal(q, k, v, mask);
+    return cuda::fused_causal(q, k, v, mask, causal_only);
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = mask;
+        let _ = (mask, causal_only);
         Err((q, k, v))
     }
 }
@@ -70,7 +71,7 @@ mod cuda {
     use medqlora_kernels::attention::{causal_attention, flash_attention, Causal};
 
     #[allow(clippy::type_complexity)]
-    pub(super) fn fused_causal<B: Backend>(q: Tensor<B, 5>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: &Tensor<B, 5, Bool>) -> Result<Tensor<B, 5>, (Tensor<B, 5>, Tensor<B, 4>, Tensor<B, 4>)> {
+    pub(super) fn fused_causal<B: Backend>(q: Tensor<B, 5>, k: Tensor<B, 4>, v: Tensor<B, 4>, mask: &Tensor<B, 5, Bool>, causal_only: bool) -> Result<Tensor<B, 5>, (Tensor<B, 5>, Tensor<B, 4>, Tensor<B, 4>)> {
         let [b, kv_heads, rep, s, d] = q.dims();
         let t = k.dims()[2];
         let [mask_batches, ..] = mask.dims();
@@ -88,7 +89,7 @@ mod cuda {
         let shape = Causal { batch: b, kv_heads, rep, s, t, d, mask_batches };
         let scale = (d as f32).powf(-0.5);
         let out = match super::attention_kernel() {
-            super::AttentionKernel::Flash => flash_attention(&qc, &kc, &vc, Some(&mc), shape, scale),
+            super::AttentionKernel::Flash => flash_attention(&qc, &kc, &vc, if causal_only { None } else { Some(&mc) }, shape, scale),
             super::AttentionKernel::TwoPass => causal_attention(&qc, &kc, &vc, &mc, shape, scale),
         };
         match out {

@@ -294,11 +294,12 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
         };
         let (cos, sin) = self.model.rotary.cos_sin::<B>(pos, &device);
         let mask = causal_mask::<B>(s, past, &device);
+        let causal_only = padding.is_none();
         let mask = match padding {
             Some(p) => mask.expand(p.dims()).bool_or(p.clone()),
             None => mask,
         };
-        let inputs = AttentionInputs { cos: &cos, sin: &sin, mask: &mask };
+        let inputs = AttentionInputs { cos: &cos, sin: &sin, mask: &mask, causal_only };
         let mut hidden = Vec::new();
         let mut x = embeds;
         for (i, layer) in self.model.layers.iter().enumerate() {

@@ -225,7 +225,7 @@ impl<B: AutodiffBackend> MicroStep<'_, B> {
         let positions = PositionIds::text(batch.batch, batch.seq, 0);
         let (cos, sin) = model.model.rotary.cos_sin::<B>(&positions, &device);
         let mask = causal_mask::<B>(batch.seq, 0, &device);
-        let inputs = crate::model::attention::AttentionInputs { cos: &cos, sin: &sin, mask: &mask };
+        let inputs = crate::model::attention::AttentionInputs { cos: &cos, sin: &sin, mask: &mask, causal_only: true };
         let scored = Scored::of(batch);
 
         if !checkpointing {
@@ -246,7 +246,7 @@ impl<B: AutodiffBackend> MicroStep<'_, B> {
         let inner = model.valid();
         let (icos, isin) = inner.model.rotary.cos_sin::<B::InnerBackend>(&positions, &device);
         let imask = causal_mask::<B::InnerBackend>(batch.seq, 0, &device);
-        let iinputs = crate::model::attention::AttentionInputs { cos: &icos, sin: &isin, mask: &imask };
+        let iinputs = crate::model::attention::AttentionInputs { cos: &icos, sin: &isin, mask: &imask, causal_only: true };
         let mut saved = Vec::with_capacity(inner.model.layers.len());
         let mut x = embed_batch(&inner, batch, &device);
         for (i, layer) in inner.model.layers.iter().enumerate() {
@@ -321,7 +321,7 @@ pub fn eval_loss<B: Backend>(model: &Qwen2ForCausalLM<B>, batch: &Batch) -> Micr
     let positions = PositionIds::text(batch.batch, batch.seq, 0);
     let (cos, sin) = model.model.rotary.cos_sin::<B>(&positions, &device);
     let mask = causal_mask::<B>(batch.seq, 0, &device);
-    let inputs = crate::model::attention::AttentionInputs { cos: &cos, sin: &sin, mask: &mask };
+    let inputs = crate::model::attention::AttentionInputs { cos: &cos, sin: &sin, mask: &mask, causal_only: true };
     for layer in &model.model.layers {
         x = layer.forward(x, &inputs, None);
     }
