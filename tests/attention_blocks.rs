@@ -126,7 +126,7 @@ fn fused_bf16_attention_equals_eager_attention_on_the_cpu() {
             for (kernel, causal_only) in [(AttentionKernel::TwoPass, false), (AttentionKernel::Flash, false), (AttentionKernel::Flash, pad == 0)] {
                 set_attention_kernel(kernel);
                 let got = fused_causal(q.clone(), k.clone(), v.clone(), &mask, causal_only).unwrap_or_else(|_| panic!("the {kernel:?} kernel refused bf16 {b}x{kvh}x{rep}x{s}x{d}"));
-                set_attention_kernel(AttentionKernel::TwoPass);
+                set_attention_kernel(AttentionKernel::default());
                 let e = common::rel_l2(&common::values(&got.into_data()), &common::values(&want));
                 let bound = 1e-2;
                 println!("cuda bf16 {kernel:?} (mask computed: {causal_only}): batch {b}, kv heads {kvh} x {rep}, head dim {d}, length {s}, pad {pad}: relative L2 {e:.2e} (bound {bound:.0e})");

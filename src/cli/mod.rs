@@ -52,8 +52,10 @@ pub struct GpuRuntimeArgs {
     /// at the 7B's largest weight).
     #[arg(long, global = true, value_enum, default_value = "fused256-wide")]
     pub nf4_product: crate::model::nf4_weight::ops::Nf4Product,
-    /// Which program runs CUDA's bf16/f16 causal attention forward.
-    #[arg(long, global = true, value_enum, default_value = "two-pass")]
+    /// Which program runs CUDA's bf16/f16 causal attention forward: `flash` (one pass over the
+    /// keys, the softmax online in registers; the fastest measured) or `two-pass` (the
+    /// previous kernel for inference, Burn's block-wise ops for training's forward).
+    #[arg(long, global = true, value_enum, default_value = "flash")]
     pub attention_kernel: crate::model::attention_kernel::AttentionKernel,
 }
 

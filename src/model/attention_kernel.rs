@@ -7,11 +7,11 @@
 //! against a plain reference, that keeps the scores on chip, so what generation and
 //! evaluation compute does not depend on the machine's tuning. It takes bf16/f16 (tensor
 //! cores); f32 and anything else it refuses go to [`super::attention::attend_causal_ops`].
-//! Training keeps the block-wise ops ([`super::attention_grad`]) by default: the two-pass
-//! kernel is slower than Burn's autotuned products at the 7B training shape (1.38 ms against
-//! ~0.75 per layer's forward, H100, `medqlora bench kernels --attention`), and training's bf16
-//! products are checked against the CPU at odd lengths and against PEFT end to end.
-//! `--attention-kernel flash` takes the one-pass kernel for both (measured: BENCHMARKS.md).
+//! By default the one-pass kernel serves both inference and training's forward
+//! ([`AttentionKernel::Flash`]; training's backward stays block-wise, [`super::attention_grad`]).
+//! `--attention-kernel two-pass` keeps the two-pass kernel for inference and Burn's block-wise
+//! ops for training's forward (the two-pass kernel took 1.38 ms there against their ~0.75 per
+//! layer, H100, `medqlora bench kernels --attention`).
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor};
@@ -21,17 +21,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// once at the CLI edge, as [`super::nf4_weight::ops::Nf4Product`]).
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AttentionKernel {
-    /// Inference through the two-pass kernel (`medqlora_kernels::attention::causal_attention`),
-    /// training's forward through the block-wise ops.
-    #[default]
-    TwoPass,
     /// The one-pass kernel (`medqlora_kernels::attention::flash_attention`: FlashAttention-2's
     /// forward on `mma.sync`, the softmax online in registers) for inference and for
-    /// training's forward (its backward stays block-wise, recomputing from q, k, v).
+    /// training's forward (its backward stays block-wise, recomputing from q, k, v). The
+    /// default since 2026-12-06: 2.5x the two-pass kernel reading a mask, 3.9x computing the
+    /// causal one, at the 7B training shape; the 7B step 0.65-0.66 against 0.67 s (H100,
+    /// BENCHMARKS.md).
+    #[default]
     Flash,
+    /// Inference through the two-pass kernel (`medqlora_kernels::attention::causal_attention`,
+    /// closest to eager attention's rounding), training's forward through the block-wise ops.
+    TwoPass,
 }
 
-static FLASH: AtomicBool = AtomicBool::new(false);
+static FLASH: AtomicBool = AtomicBool::new(true);
 
 /// Sets the process's [`AttentionKernel`].
 pub fn set_attention_kernel(kernel: AttentionKernel) {
