@@ -19,7 +19,7 @@
 //! sum at the end. Eager attention normalizes before rounding instead; the two differ by a
 //! rounding step on some elements (the tests' bound).
 
-use super::kernel::{check_mask, check_operands, BR};
+use super::kernel::{check_mask, check_operands, launch_attention, BR, NAME};
 use super::reference::Causal;
 use crate::device::{empty, KernelError};
 use crate::gemm::mma::zero_mma_accumulators;
@@ -284,37 +284,12 @@ pub fn flash_attention<R: CubeRuntime>(q: &CubeTensor<R>, k: &CubeTensor<R>, v: 
 /// [`flash_attention`] into `out` (contiguous, `q`'s shape and dtype; tests pass a poisoned
 /// one).
 pub fn flash_attention_into<R: CubeRuntime>(q: &CubeTensor<R>, k: &CubeTensor<R>, v: &CubeTensor<R>, mask: Option<&CubeTensor<R>>, shape: Causal, scale: f32, out: &CubeTensor<R>) -> Result<(), KernelError> {
-    const NAME: &str = "flash attention";
     check_operands(q, k, v, out, shape, scale)?;
     // Without a mask the kernel reads none: `q` stands in for the unused argument.
-    let (melem, mask, masked) = match mask {
-        Some(m) => (check_mask(m, shape)?, m, true),
-        None => (1, q, false),
+    let (melem, mask, mask_len, masked) = match mask {
+        Some(m) => (check_mask(m, shape)?, m, shape.mask_len(), true),
+        None => (1, q, shape.q_len(), false),
     };
-    let Causal { batch, kv_heads, rep, s, t, d, mask_batches } = shape;
-    if batch * kv_heads * rep == 0 {
-        return Ok(());
-    }
-    let count = CubeCount::Static(s.div_ceil(BR) as u32, rep as u32, (batch * kv_heads) as u32);
-    let arg = |x: &CubeTensor<R>, len: usize| unsafe { ArrayArg::from_raw_parts(x.handle.clone(), len) };
-    let (ql, kvl) = (shape.q_len() / 8, shape.kv_len() / 8);
-    let client = &q.client;
-    macro_rules! launch {
-        ($f:ty, $m:ty) => {
-            unsafe {
-                flash_attention_kernel::launch_unchecked::<$f, $m, R>(
-                    client, count, CubeDim::new_1d(THREADS as u32), arg(q, ql), arg(k, kvl), arg(v, kvl), arg(mask, if masked { shape.mask_len() } else { shape.q_len() }), arg(out, shape.q_len()),
-                    s, t, kv_heads, rep, mask_batches, scale, d, masked,
-                )
-            }
-        };
-    }
-    match (q.dtype, melem) {
-        (DType::BF16, 1) => launch!(half::bf16, u8),
-        (DType::BF16, _) => launch!(half::bf16, u32),
-        (DType::F16, 1) => launch!(half::f16, u8),
-        (DType::F16, _) => launch!(half::f16, u32),
-        (dtype, _) => return Err(KernelError::Dtype { kernel: NAME, dtype }),
-    }
+    launch_attention!(flash_attention_kernel, THREADS, q, k, v, mask, mask_len, melem, out, shape, scale, masked);
     Ok(())
 }

@@ -291,7 +291,41 @@ pub(crate) fn check_mask<R: CubeRuntime>(mask: &CubeTensor<R>, shape: Causal) ->
 }
 
 /// The kernels' name in errors.
-const NAME: &str = "causal attention";
+pub(crate) const NAME: &str = "causal attention";
+
+/// Launches an attention kernel of [`causal_attention_kernel`]'s arguments (plus trailing
+/// comptime ones) over the checked operands: one cube of `threads` per [`BR`] query rows of
+/// one query head, the element types picked from `q`'s dtype and the mask's element size
+/// `melem`. Returns from the enclosing function with an error for any other dtype.
+macro_rules! launch_attention {
+    ($kernel:ident, $threads:expr, $q:expr, $k:expr, $v:expr, $mask:expr, $mask_len:expr, $melem:expr, $out:expr, $shape:expr, $scale:expr $(, $extra:expr)*) => {{
+        let Causal { batch, kv_heads, rep, s, t, d, mask_batches } = $shape;
+        if batch * kv_heads * rep > 0 {
+            let count = CubeCount::Static(s.div_ceil(BR) as u32, rep as u32, (batch * kv_heads) as u32);
+            let arg = |x: &CubeTensor<R>, len: usize| unsafe { ArrayArg::from_raw_parts(x.handle.clone(), len) };
+            let (ql, kvl) = ($shape.q_len() / 8, $shape.kv_len() / 8);
+            let client = &$q.client;
+            macro_rules! launch {
+                ($f:ty, $m:ty) => {
+                    unsafe {
+                        $kernel::launch_unchecked::<$f, $m, R>(
+                            client, count, CubeDim::new_1d($threads as u32), arg($q, ql), arg($k, kvl), arg($v, kvl), arg($mask, $mask_len), arg($out, $shape.q_len()),
+                            s, t, kv_heads, rep, mask_batches, $scale, d $(, $extra)*,
+                        )
+                    }
+                };
+            }
+            match ($q.dtype, $melem) {
+                (DType::BF16, 1) => launch!(half::bf16, u8),
+                (DType::BF16, _) => launch!(half::bf16, u32),
+                (DType::F16, 1) => launch!(half::f16, u8),
+                (DType::F16, _) => launch!(half::f16, u32),
+                (dtype, _) => return Err(KernelError::Dtype { kernel: NAME, dtype }),
+            }
+        }
+    }};
+}
+pub(crate) use launch_attention;
 
 /// Largest head dim taken (the queries' and the output's fragments live in registers).
 pub const MAX_HEAD_DIM: usize = 128;
@@ -310,30 +344,7 @@ pub fn causal_attention<R: CubeRuntime>(q: &CubeTensor<R>, k: &CubeTensor<R>, v:
 /// one).
 pub fn causal_attention_into<R: CubeRuntime>(q: &CubeTensor<R>, k: &CubeTensor<R>, v: &CubeTensor<R>, mask: &CubeTensor<R>, shape: Causal, scale: f32, out: &CubeTensor<R>) -> Result<(), KernelError> {
     let melem = check(q, k, v, mask, out, shape, scale)?;
-    let Causal { batch, kv_heads, rep, s, t, d, mask_batches } = shape;
-    if batch * kv_heads * rep == 0 {
-        return Ok(());
-    }
-    let count = CubeCount::Static(s.div_ceil(BR) as u32, rep as u32, (batch * kv_heads) as u32);
-    let arg = |x: &CubeTensor<R>, len: usize| unsafe { ArrayArg::from_raw_parts(x.handle.clone(), len) };
-    let (ql, kvl) = (shape.q_len() / 8, shape.kv_len() / 8);
-    let client = &q.client;
-    macro_rules! launch {
-        ($f:ty, $m:ty) => {
-            unsafe {
-                causal_attention_kernel::launch_unchecked::<$f, $m, R>(
-                    client, count, CubeDim::new_1d(128), arg(q, ql), arg(k, kvl), arg(v, kvl), arg(mask, shape.mask_len()), arg(out, shape.q_len()),
-                    s, t, kv_heads, rep, mask_batches, scale, d,
-                )
-            }
-        };
-    }
-    match (q.dtype, melem) {
-        (DType::BF16, 1) => launch!(half::bf16, u8),
-        (DType::BF16, _) => launch!(half::bf16, u32),
-        (DType::F16, 1) => launch!(half::f16, u8),
-        (DType::F16, _) => launch!(half::f16, u32),
-        (dtype, _) => return Err(KernelError::Dtype { kernel: NAME, dtype }),
-    }
+    launch_attention!(causal_attention_kernel, 128, q, k, v, mask, shape.mask_len(), melem, out, shape, scale);
     Ok(())
 }
+

@@ -11,13 +11,10 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 layers=${LAYERS:-2}
 source "$(dirname "$0")/kcache.sh"
 kcache_restore
+source "$(dirname "$0")/step-setup.sh"
+step_bin || exit 1
 bin=/tmp/mq/medqlora
-[ -x $bin ] || { mkdir -p /tmp/mq && xz -dc .carry/medqlora.xz > $bin && chmod +x $bin; } || exit 1
-m=models/rand-7b-${layers}l
-if [ ! -f $m/config.json ]; then
-  python3 -c "import json,sys; c=json.load(open('tools/configs/qwen2.5-7b-text.json')); c['num_hidden_layers']=$layers; json.dump(c,open('/tmp/cfg-${layers}l.json','w'))"
-  python3 tools/make_random_model.py /tmp/cfg-${layers}l.json $m 2>&1 | tail -1
-fi
+m=$(step_model $layers) || exit 1
 args=(--kernel-cache $PWD/.kcache --autotune minimal bench train --model $m --device cuda --dtype bf16 --quantize nf4 --seq 2048 --r 64 "$@")
 # Untimed run first: compiles what the kernel cache lacks, so ncu's step times kernels only.
 $bin "${args[@]}" --steps 1 --warmup 0 2>&1 | tail -1
