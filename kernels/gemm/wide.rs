@@ -19,10 +19,11 @@
 //!   the step's closing barrier (an `mbarrier` that also waits for every thread's copies)
 //!   makes it visible. `W` still travels through registers: its codes are decoded on the way.
 //!
-//! Per step `kt` (forward names): issue the copies of `X[kt + 1]` and the loads of `W[kt + 1]`'s words, run
-//! the products on set `kt % 2`, decode `W[kt + 1]` into the other set, then commit the copies
-//! and wait at the barrier. Set `(kt + 1) % 2` was last read in step `kt - 1`, before that
-//! step's barrier, so both writes are safe.
+//! Per step `kt` (forward names): issue the copies of `X[kt + 1]`, run the products on set
+//! `kt % 2` in four 16-wide slices with one word of `W[kt + 1]` (loaded in step `kt - 1`)
+//! decoded into the other set after each, load `W[kt + 2]`'s words and scale, then commit
+//! the copies and wait at the barrier. Set `(kt + 1) % 2` was last read in step `kt - 1`,
+//! before that step's barrier, so both writes are safe.
 
 use super::kernel::BN;
 use super::mma::{mma_products_k16, store_mma_tile, zero_mma_accumulators};
