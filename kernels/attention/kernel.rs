@@ -244,7 +244,7 @@ pub(crate) fn causal_attention_kernel<F: Float, M: Int>(
 }
 
 /// Checks the operands against `shape` and returns the mask's element size.
-pub(crate) fn check<R: CubeRuntime>(q: &CubeTensor<R>, k: &CubeTensor<R>, v: &CubeTensor<R>, mask: &CubeTensor<R>, out: &CubeTensor<R>, shape: Causal, scale: f32) -> Result<usize, KernelError> {
+fn check<R: CubeRuntime>(q: &CubeTensor<R>, k: &CubeTensor<R>, v: &CubeTensor<R>, mask: &CubeTensor<R>, out: &CubeTensor<R>, shape: Causal, scale: f32) -> Result<usize, KernelError> {
     check_operands(q, k, v, out, shape, scale)?;
     check_mask(mask, shape)
 }
