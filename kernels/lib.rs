@@ -19,13 +19,16 @@
 //! - [`dropout`]: inverted dropout whose mask is a hash of a seed and the element index;
 //! - [`swiglu`]: the MLP activation `silu(gate) * up` and its two gradients, one pass each;
 //! - [`softmax`]: attention's masked softmax and its gradient, one cube per score row;
-//! - [`rmsnorm`]: RMSNorm and its input gradient, one cube per row.
+//! - [`rmsnorm`]: RMSNorm and its input gradient, one cube per row;
+//! - [`cross_entropy`]: the vocabulary loss and its gradient, one cube per token row;
+//! - [`splitk_sum`]: the f32 sum over a split-K product's partials, scaled, in one pass.
 //!
 //! `cuda_check` (feature `cuda-check`) compiles every kernel for sm_90a with NVRTC and reads
 //! ptxas' registers and spills back, without a GPU (`tools/cuda-check.sh`).
 
 pub mod adamw8;
 pub mod attention;
+pub mod cross_entropy;
 pub mod dequant;
 pub mod dropout;
 pub mod gemm;
@@ -34,6 +37,7 @@ pub mod gemv;
 pub mod nf4;
 pub mod rmsnorm;
 pub mod softmax;
+pub mod splitk_sum;
 pub mod swiglu;
 pub mod testutil;
 

@@ -17,7 +17,8 @@
 //! the tests force the cuts there to check them against autodiff through the plain ops.
 
 use crate::model::autodiff_op::{cast, float, on_training_backend, prim, TrainingOp};
-use crate::model::linear::{copies_strided_operands, matmul_weight_t, split_k_parts};
+use crate::model::linear::{copies_strided_operands, matmul_weight_t};
+use crate::model::split_k::{split_k_parts, sum_parts};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::{CheckpointStrategy, NoCheckpointing};
 use burn::backend::autodiff::grads::Gradients;
@@ -69,33 +70,34 @@ impl Branch {
         if m >= self.min_slice { self.parts(k) } else { 1 }
     }
 
-    /// `x [m, k] w[n, k]^T -> [m, n]` (compute dtype), the reduction over `k` cut into
+    /// `scale * x [m, k] w[n, k]^T -> [m, n]` (compute dtype), the reduction over `k` cut into
     /// [`Self::k_parts`] slices.
-    fn xwt<B: Backend>(&self, x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
+    fn xwt<B: Backend>(&self, x: Tensor<B, 2>, w: Tensor<B, 2>, scale: f64) -> Tensor<B, 2> {
         let [m, k] = x.dims();
         match self.k_parts(m, k) {
-            1 => matmul_weight_t(x, w),
-            p => Self::sliced_xwt(x.reshape([m, p, k / p]).swap_dims(0, 1), w),
+            1 => scaled(matmul_weight_t(x, w), scale),
+            p => Self::sliced_xwt(x.reshape([m, p, k / p]).swap_dims(0, 1), w, scale),
         }
     }
 
     /// `xs [p, m, k / p]` (column slice `s` of `x` as batch `s`) times `w[n, k]^T`, the slices'
-    /// products summed in f32 -> `[m, n]` in `xs`' dtype.
-    fn sliced_xwt<B: Backend>(xs: Tensor<B, 3>, w: Tensor<B, 2>) -> Tensor<B, 2> {
+    /// products summed in f32 and scaled ([`sum_parts`]) -> `[m, n]` in `xs`' dtype.
+    fn sliced_xwt<B: Backend>(xs: Tensor<B, 3>, w: Tensor<B, 2>, scale: f64) -> Tensor<B, 2> {
         let ([p, m, kp], [n, _]) = (xs.dims(), w.dims());
         let dtype = xs.dtype();
         let ws = w.reshape([n, p, kp]).swap_dims(0, 1).swap_dims(1, 2);
-        xs.matmul(ws).cast(DType::F32).sum_dim(0).reshape([m, n]).cast(dtype)
+        sum_parts(xs.matmul(ws), 0, scale, dtype).reshape([m, n])
     }
 
-    /// `dropout(x) A^T` for the branch's first product: with a seed and a cut reduction, the
-    /// dropout writes the sliced layout itself ([`super::dropout::dropout_split`]; as a view
-    /// of the dropped `x` the matmul copied it first).
-    fn dropped_xat<B: Backend>(&self, x: Tensor<B, 2>, seed: Option<&Tensor<B, 1, Int>>, a: Tensor<B, 2>) -> Tensor<B, 2> {
+    /// `scale * dropout(x) A^T` for the branch's first product: with a seed and a cut
+    /// reduction, the dropout writes the sliced layout itself
+    /// ([`super::dropout::dropout_split`]; as a view of the dropped `x` the matmul copied it
+    /// first).
+    fn dropped_xat<B: Backend>(&self, x: Tensor<B, 2>, seed: Option<&Tensor<B, 1, Int>>, a: Tensor<B, 2>, scale: f64) -> Tensor<B, 2> {
         let [m, k] = x.dims();
         match (seed, self.k_parts(m, k)) {
-            (Some(s), p) if p > 1 => Self::sliced_xwt(super::dropout::dropout_split(x, s, self.dropout, p), a),
-            _ => self.xwt(self.dropped(x, seed), a),
+            (Some(s), p) if p > 1 => Self::sliced_xwt(super::dropout::dropout_split(x, s, self.dropout, p), a, scale),
+            _ => self.xwt(self.dropped(x, seed), a, scale),
         }
     }
 
@@ -107,18 +109,26 @@ impl Branch {
             return a.transpose().matmul(b).cast(DType::F32);
         }
         let a = a.reshape([p, m / p, i]).swap_dims(1, 2);
-        a.matmul(b.reshape([p, m / p, j])).cast(DType::F32).sum_dim(0).reshape([i, j])
+        sum_parts(a.matmul(b.reshape([p, m / p, j])), 0, 1.0, DType::F32).reshape([i, j])
     }
 
-    /// `(sh, y)`: `sh = s dropout(x) A^T [m, r]` and the branch `y = sh B^T [m, out]`, in `x`'s
-    /// dtype. The scale goes on the rank-wide `h` rather than on the `[m, out]` product: one
-    /// pass over `m x r` elements instead of `m x out` (`gate_proj`'s `out` is 18,944).
-    fn forward<B: Backend>(&self, x: Tensor<B, 2>, seed: Option<&Tensor<B, 1, Int>>, a: Tensor<B, 2>, b: Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    /// `(sh, y, a, b)`: `sh = s dropout(x) A^T [m, r]`, the branch `y = sh B^T [m, out]`, and
+    /// `A`, `B` in `x`'s dtype (the backward's products take them). The scale goes on the
+    /// rank-wide `h` rather than on the `[m, out]` product: one pass over `m x r` elements
+    /// instead of `m x out` (`gate_proj`'s `out` is 18,944), folded into the split sum.
+    #[allow(clippy::type_complexity)]
+    fn forward<B: Backend>(&self, x: Tensor<B, 2>, seed: Option<&Tensor<B, 1, Int>>, a: Tensor<B, 2>, b: Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
         let dtype = x.dtype();
-        let sh = self.dropped_xat(x, seed, a.cast(dtype)).mul_scalar(self.scaling);
-        let y = matmul_weight_t(sh.clone(), b.cast(dtype));
-        (sh, y)
+        let (a, b) = (a.cast(dtype), b.cast(dtype));
+        let sh = self.dropped_xat(x, seed, a.clone(), self.scaling);
+        let y = matmul_weight_t(sh.clone(), b.clone());
+        (sh, y, a, b)
     }
+}
+
+/// `x * scale`, without a pass when the scale is 1.
+fn scaled<B: Backend>(x: Tensor<B, 2>, scale: f64) -> Tensor<B, 2> {
+    if scale == 1.0 { x } else { x.mul_scalar(scale) }
 }
 
 /// `s * dropout(x) A^T B^T` for `x: [m, in]` (compute dtype), `seed`: the dropout mask's seed
@@ -159,7 +169,8 @@ impl<B: Backend> TrainingOp for LoraOp<B> {
     }
 }
 
-/// What the backward keeps: the input, the mask's seed, `s h` and the two f32 weights.
+/// What the backward keeps: the input, the mask's seed, `s h` and the two weights in the
+/// compute dtype (cast once in the forward, not again in the backward).
 #[derive(Debug, Clone)]
 struct Saved<B: Backend> {
     x: FloatTensor<B>,
@@ -182,9 +193,8 @@ impl<B: Backend> Backward<B, 3> for LoraBackward {
         let g = float::<B, 2>(grads.consume::<B>(&ops.node));
         let Saved { x, seed, sh, a, b } = ops.state;
         let seed = seed.map(Tensor::<B, 1, Int>::from_primitive);
-        let dtype = g.dtype();
         // d(s h B^T)/dh = s g B: g [m, out] times B [out, r], the reduction over out cut.
-        let dh = br.xwt(g.clone(), float::<B, 2>(b).cast(dtype).transpose()).mul_scalar(br.scaling);
+        let dh = br.xwt(g.clone(), float::<B, 2>(b).transpose(), br.scaling);
         if let Some(node) = node_b {
             // d(sh B^T)/dB = g^T (s h).
             grads.register::<B>(node.id, prim(br.atb(g, float::<B, 2>(sh))));
@@ -194,7 +204,7 @@ impl<B: Backend> Backward<B, 3> for LoraBackward {
             grads.register::<B>(node.id, prim(br.atb(dh.clone(), xd)));
         }
         if let Some(node) = node_x {
-            let dxd = dh.matmul(float::<B, 2>(a).cast(dtype));
+            let dxd = dh.matmul(float::<B, 2>(a));
             grads.register::<B>(node.id, prim(br.dropped(dxd, seed.as_ref())));
         }
     }
@@ -209,10 +219,10 @@ fn on_autodiff<I: Backend, C: CheckpointStrategy>(
 ) -> Tensor<Autodiff<I, C>, 2> {
     let (x, a, b) = (x.into_primitive().tensor(), a.into_primitive().tensor(), b.into_primitive().tensor());
     let seed = seed.map(|s| Tensor::<I, 1, Int>::from_primitive(s.into_primitive()));
-    let (sh, y) = br.forward(float::<I, 2>(x.primitive.clone()), seed.as_ref(), float(a.primitive.clone()), float(b.primitive.clone()));
+    let (sh, y, ac, bc) = br.forward(float::<I, 2>(x.primitive.clone()), seed.as_ref(), float(a.primitive.clone()), float(b.primitive.clone()));
     let out = match LoraBackward(br).prepare::<C>([x.node.clone(), a.node.clone(), b.node.clone()]).compute_bound().stateful() {
         OpsKind::Tracked(prep) => {
-            let saved = Saved { x: x.primitive, seed: seed.map(Tensor::into_primitive), sh: prim(sh), a: a.primitive, b: b.primitive };
+            let saved = Saved { x: x.primitive, seed: seed.map(Tensor::into_primitive), sh: prim(sh), a: prim(ac), b: prim(bc) };
             prep.finish(saved, prim(y))
         }
         OpsKind::UnTracked(prep) => prep.finish(prim(y)),

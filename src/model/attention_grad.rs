@@ -19,6 +19,7 @@ use super::attention::{attend_causal_ops, block_keys, block_matmul, block_rows};
 use super::attention_kernel::{attention_kernel, fused_causal, AttentionKernel};
 use super::autodiff_op::{cast, float, on_training_backend, TrainingOp};
 use super::softmax::masked_softmax_backward;
+use super::split_k::sum_parts;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -27,7 +28,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{BoolTensor, FloatTensor};
-use burn::tensor::{Bool, DType, Tensor};
+use burn::tensor::{Bool, Tensor};
 use std::any::Any;
 
 /// Gradients of [`super::attention::attend_causal_ops`] w.r.t. `q [b, kvh, rep, s, d]`, `k, v [b, kvh, t, d]`
@@ -81,7 +82,7 @@ fn group_atb<B: Backend>(x: Tensor<B, 4>, y: Tensor<B, 4>, rep: usize) -> Tensor
     let dtype = x.dtype();
     let x = x.reshape([b * kvh, rep, rows / rep, t]).swap_dims(2, 3);
     let y = y.reshape([b * kvh, rep, rows / rep, e]);
-    block_matmul(x, y).cast(DType::F32).sum_dim(1).reshape([b, kvh, t, e]).cast(dtype)
+    sum_parts(block_matmul(x, y), 1, 1.0, dtype).reshape([b, kvh, t, e])
 }
 
 /// The operation's backward: its saved inputs and the block size.

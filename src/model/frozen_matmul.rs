@@ -11,7 +11,8 @@
 //! for a weight that requires none).
 
 use super::autodiff_op::{cast, float, on_training_backend, prim, TrainingOp};
-use super::linear::{copies_strided_operands, matmul_weight_t, split_k_parts};
+use super::linear::{copies_strided_operands, matmul_weight_t};
+use super::split_k::{split_k_parts, sum_parts};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -19,7 +20,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 use std::marker::PhantomData;
 
 /// Output widths `N` from which the input gradient's reduction is cut on the GPU: the
@@ -58,7 +59,7 @@ fn input_grad<B: Backend>(g: Tensor<B, 2>, w: Tensor<B, 2>, min_split: usize) ->
         1 => g.matmul(w),
         p => {
             let gs = g.reshape([m, p, n / p]).swap_dims(0, 1);
-            gs.matmul(w.reshape([p, n / p, k])).cast(DType::F32).sum_dim(0).reshape([m, k]).cast(dtype)
+            sum_parts(gs.matmul(w.reshape([p, n / p, k])), 0, 1.0, dtype).reshape([m, k])
         }
     }
 }

@@ -123,26 +123,6 @@ pub fn matmul_weight_t<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B
     }
 }
 
-/// Slices of a split-K reduction (the LoRA branch's skinny products, `lora::op`; the frozen
-/// head's input gradient, [`super::frozen_matmul`]) are multiples of this. Why 64, not the 16
-/// of a tensor-core step: with 16, `down_proj`'s input (18,944) was cut into slices of 1,184
-/// (a multiple of 32, not of 64), and only `down_proj.lora_B`'s gradient came out non-finite
-/// in the 7B bench on an H100 (bf16, from step 0 or 2, later layers only), where every other
-/// adapter (slices of 448 = 7 x 64) stayed finite; the f32 branch test passes at both widths,
-/// so the bf16 product on those slices is the suspect. With 64, 18,944 is cut in 8 slices of
-/// 2,368.
-pub(crate) const SLICE_ALIGN: usize = 64;
-
-/// Into how many slices a reduction of length `len` is cut: the most of `most`, `most / 2`,
-/// ..., 2 (`most` a power of two) whose slices are multiples of [`SLICE_ALIGN`] and at least
-/// `min_slice` long, else 1.
-pub(crate) fn split_k_parts(len: usize, most: usize, min_slice: usize) -> usize {
-    std::iter::successors(Some(most), |p| Some(p / 2))
-        .take_while(|&p| p >= 2)
-        .find(|&p| len % p == 0 && (len / p) % SLICE_ALIGN == 0 && len / p >= min_slice)
-        .unwrap_or(1)
-}
-
 /// True for burn-ndarray (plain or under autodiff), whose matmul copies strided operands.
 pub(crate) fn copies_strided_operands<B: Backend>() -> bool {
     use burn::backend::{Autodiff, NdArray};

@@ -5,6 +5,7 @@ pub mod attention_grad;
 pub mod attention_kernel;
 pub mod autodiff_op;
 pub mod config;
+pub mod cross_entropy;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda_tensor;
 pub mod embedding;
@@ -18,6 +19,7 @@ pub mod nf4_weight;
 pub mod norm;
 pub mod rope;
 pub mod softmax;
+pub mod split_k;
 pub mod swiglu;
 pub mod text;
 pub mod tiny;

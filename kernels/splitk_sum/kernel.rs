@@ -1,0 +1,91 @@
+//! The split-K sum kernel: one thread per output vector of up to 16 bytes of the partials'
+//! dtype, looping over the parts (a warp reads 512 contiguous bytes of each part).
+
+use super::reference::Split;
+use crate::device::{empty, numel, with_float, KernelError};
+use burn_backend::DType;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::CubeRuntime;
+use cubecl::prelude::*;
+
+#[cube(launch_unchecked)]
+pub(crate) fn splitk_sum_kernel<F: Float, O: Float, N: Size>(x: &Array<Vector<F, N>>, out: &mut Array<Vector<O, N>>, parts: usize, inner: usize, len: usize, scale: f32) {
+    let i = ABSOLUTE_POS;
+    if i < len {
+        let (o, j) = (i / inner, i % inner);
+        let base = o * parts * inner + j;
+        let mut acc = Vector::<f32, N>::new(0.0);
+        for p in 0..parts {
+            acc += Vector::<f32, N>::cast_from(x[base + p * inner]);
+        }
+        out[i] = Vector::<O, N>::cast_from(acc * Vector::<f32, N>::new(scale));
+    }
+}
+
+/// Runs `$launch` with `$o` naming the output's element type.
+macro_rules! with_out {
+    ($dtype:expr, $name:expr, $o:ident => $launch:expr) => {
+        match $dtype {
+            DType::F32 => {
+                type $o = f32;
+                $launch
+            }
+            DType::BF16 => {
+                type $o = half::bf16;
+                $launch
+            }
+            DType::F16 => {
+                type $o = half::f16;
+                $launch
+            }
+            dtype => return Err(KernelError::Dtype { kernel: $name, dtype }),
+        }
+    };
+}
+
+/// `scale * sum_p x[o, p, i]` as a new contiguous `[outer * inner]` tensor of `out_dtype`
+/// (f32, bf16 or f16), for contiguous partials `x` of `split`'s size (any shape; f32, bf16 or
+/// f16). The caller reshapes.
+pub fn splitk_sum<R: CubeRuntime>(x: &CubeTensor<R>, split: Split, scale: f32, out_dtype: DType) -> Result<CubeTensor<R>, KernelError> {
+    let out = empty(x, vec![split.outer * split.inner], out_dtype);
+    splitk_sum_into(x, split, scale, &out)?;
+    Ok(out)
+}
+
+/// [`splitk_sum`] into `out` (contiguous, `outer * inner` elements; tests pass a poisoned one).
+pub fn splitk_sum_into<R: CubeRuntime>(x: &CubeTensor<R>, split: Split, scale: f32, out: &CubeTensor<R>) -> Result<(), KernelError> {
+    const NAME: &str = "split-K sum";
+    let Split { outer, parts, inner } = split;
+    let bad = |what: String| Err(KernelError::Shape { kernel: NAME, what });
+    if numel(x) != outer * parts * inner || !x.is_contiguous() {
+        return bad(format!("partials hold {} elements (contiguous: {}), expected contiguous {outer} x {parts} x {inner}", numel(x), x.is_contiguous()));
+    }
+    if numel(out) != outer * inner || !out.is_contiguous() {
+        return bad(format!("output holds {} elements (contiguous: {}), expected contiguous {outer} x {inner}", numel(out), out.is_contiguous()));
+    }
+    if parts == 0 {
+        return bad("no partials to sum".into());
+    }
+    // Widest vector (16 bytes of the wider dtype, 4, 2, 1) that divides `inner` and both offsets.
+    let (xe, oe) = (x.dtype.size(), out.dtype.size());
+    let mut vector = 16 / xe.max(oe);
+    let (xo, oo) = (x.handle.offset_start.unwrap_or(0) as usize, out.handle.offset_start.unwrap_or(0) as usize);
+    if xo % xe != 0 || oo % oe != 0 {
+        return bad("an operand starts mid-element".into());
+    }
+    while inner % vector != 0 || (xo / xe) % vector != 0 || (oo / oe) % vector != 0 {
+        vector /= 2;
+    }
+    let len = outer * inner / vector;
+    if len == 0 {
+        return Ok(());
+    }
+    let client = &x.client;
+    let dim = CubeDim::new_1d(256);
+    let count = cubecl::calculate_cube_count_elemwise(client, len, dim);
+    let arg = |t: &CubeTensor<R>, n: usize| unsafe { ArrayArg::from_raw_parts(t.handle.clone(), n) };
+    with_float!(x.dtype, NAME, F => with_out!(out.dtype, NAME, O => unsafe {
+        splitk_sum_kernel::launch_unchecked::<F, O, R>(client, count, dim, vector, arg(x, outer * parts * inner / vector), arg(out, len), parts, inner / vector, len, scale)
+    }));
+    Ok(())
+}
