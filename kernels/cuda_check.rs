@@ -124,7 +124,7 @@ macro_rules! each_float {
 /// the macro's order: the `Size` generics' values first, then the `#[comptime]` parameters as
 /// declared (several are `usize`, so the compiler cannot catch a swap: keep this order).
 pub fn variants<R: Runtime>(client: &ComputeClient<R>) -> Vec<Variant> {
-    use crate::{adamw8, attention, dequant, dropout, gemm, gemm_dx, gemv, rmsnorm, softmax, swiglu};
+    use crate::{adamw8, attention, cross_entropy, dequant, dropout, gemm, gemm_dx, gemv, rmsnorm, softmax, splitk_sum, swiglu};
     let c = || client.clone();
     let mut out = Vec::new();
     out.push(variant("adamw8".into(), adamw8::kernel::adamw8_kernel::Adamw8Kernel::<R>::new(settings(256), c(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), ())));
@@ -181,6 +181,16 @@ pub fn variants<R: Runtime>(client: &ComputeClient<R>) -> Vec<Variant> {
             // CUDA stores Burn's bools as u8, wgpu as u32.
             out.push(variant(format!("softmax {v} u8 mask"), softmax::kernel::masked_softmax_kernel::MaskedSoftmaxKernel::<F, u8, R>::new(settings(rows), c(), arr(), arr(), arr(), (), (), (), (), (), (), vector)));
             out.push(variant(format!("softmax backward {v} u8 mask"), softmax::kernel::masked_softmax_backward_kernel::MaskedSoftmaxBackwardKernel::<F, u8, R>::new(settings(rows), c(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), (), vector)));
+            // Burn's CUDA ints are i32.
+            out.push(variant(format!("cross-entropy {v}"), cross_entropy::kernel::cross_entropy_forward_kernel::CrossEntropyForwardKernel::<F, i32, R>::new(settings(rows), c(), arr(), arr(), arr(), arr(), (), (), (), vector)));
+            out.push(variant(format!("cross-entropy backward {v}"), cross_entropy::kernel::cross_entropy_backward_kernel::CrossEntropyBackwardKernel::<F, i32, R>::new(settings(rows), c(), arr(), arr(), arr(), arr(), arr(), (), (), (), vector)));
+            // Partials in F summed into f32 (weight gradients: 16 bytes of f32 a vector) or F
+            // (activations).
+            let to_f32 = vector.min(4);
+            out.push(variant(format!("split-K sum {t} x{to_f32} -> f32"), splitk_sum::kernel::splitk_sum_kernel::SplitkSumKernel::<F, f32, R>::new(settings(256), c(), arr(), arr(), (), (), (), (), to_f32)));
+            if t != "f32" {
+                out.push(variant(format!("split-K sum {v} -> {t}"), splitk_sum::kernel::splitk_sum_kernel::SplitkSumKernel::<F, F, R>::new(settings(256), c(), arr(), arr(), (), (), (), (), vector)));
+            }
         }
     });
     out
