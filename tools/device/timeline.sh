@@ -6,6 +6,7 @@
 # longer than 5 us), and the host's launch-call time. Idle GPU time close to the wall time
 # minus kernel time, with launch calls summing to about the wall time, means the host is
 # the limit. Needs .carry/medqlora.xz (tools/device/pack.sh) or /tmp/mq/medqlora.
+# The H100 lent on 2026-12-06 had no Nsight Systems: the script then says so and exits 3.
 # Usage: LAYERS=2 bash tools/device/timeline.sh [-- EXTRA bench-train flags]
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
