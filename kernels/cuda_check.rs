@@ -124,7 +124,7 @@ macro_rules! each_float {
 /// the macro's order: the `Size` generics' values first, then the `#[comptime]` parameters as
 /// declared (several are `usize`, so the compiler cannot catch a swap: keep this order).
 pub fn variants<R: Runtime>(client: &ComputeClient<R>) -> Vec<Variant> {
-    use crate::{adamw8, attention, cross_entropy, dequant, dropout, gemm, gemm_dx, gemv, rmsnorm, softmax, splitk_sum, swiglu};
+    use crate::{adamw8, attention, cross_entropy, dequant, dropout, gemm, gemm_dx, gemv, rmsnorm, rope, softmax, splitk_sum, swiglu};
     let c = || client.clone();
     let mut out = Vec::new();
     out.push(variant("adamw8".into(), adamw8::kernel::adamw8_kernel::Adamw8Kernel::<R>::new(settings(256), c(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), ())));
@@ -170,6 +170,8 @@ pub fn variants<R: Runtime>(client: &ComputeClient<R>) -> Vec<Variant> {
     let rows = crate::device::ROW_THREADS as u32;
     each_float!([f32 => "f32", half::bf16 => "bf16", half::f16 => "f16"], F, t => {
         let wide = 16 / std::mem::size_of::<F>();
+        // cos / sin come in the backend's float dtype, the activations' own.
+        out.push(variant(format!("rope {t}"), rope::kernel::rope_kernel::RopeKernel::<F, F, R>::new(settings(256), c(), arr(), arr(), arr(), arr(), (), (), (), (), (), ())));
         for vector in [wide, 1] {
             let v = format!("{t} x{vector}");
             out.push(variant(format!("swiglu {v}"), swiglu::kernel::swiglu_forward_kernel::SwigluForwardKernel::<F, R>::new(settings(256), c(), arr(), arr(), arr(), (), vector)));

@@ -21,7 +21,8 @@
 //! - [`softmax`]: attention's masked softmax and its gradient, one cube per score row;
 //! - [`rmsnorm`]: RMSNorm and its input gradient, one cube per row;
 //! - [`cross_entropy`]: the vocabulary loss and its gradient, one cube per token row;
-//! - [`splitk_sum`]: the f32 sum over a split-K product's partials, scaled, in one pass.
+//! - [`splitk_sum`]: the f32 sum over a split-K product's partials, scaled, in one pass;
+//! - [`rope`]: the rotary embedding and its gradient, moving heads into attention's layout.
 //!
 //! `cuda_check` (feature `cuda-check`) compiles every kernel for sm_90a with NVRTC and reads
 //! ptxas' registers and spills back, without a GPU (`tools/cuda-check.sh`).
@@ -36,6 +37,7 @@ pub mod gemm_dx;
 pub mod gemv;
 pub mod nf4;
 pub mod rmsnorm;
+pub mod rope;
 pub mod softmax;
 pub mod splitk_sum;
 pub mod swiglu;

@@ -13,7 +13,7 @@
 
 use super::kv_cache::KvCache;
 use super::linear::Linear;
-use super::rope::apply_rotary;
+use super::rope_op::rotary_heads;
 use super::softmax::masked_softmax;
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Bool, Tensor};
@@ -61,8 +61,8 @@ impl<B: Backend> Attention<B> {
         let [b, s, _] = x.dims();
         let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, d]).swap_dims(1, 2);
-        let q = apply_rotary(heads(self.q_proj.forward(x.clone()), h), inputs.cos, inputs.sin);
-        let k = apply_rotary(heads(self.k_proj.forward(x.clone()), kvh), inputs.cos, inputs.sin);
+        let q = rotary_heads(self.q_proj.forward(x.clone()), h, inputs.cos, inputs.sin);
+        let k = rotary_heads(self.k_proj.forward(x.clone()), kvh, inputs.cos, inputs.sin);
         let v = heads(self.v_proj.forward(x), kvh);
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, k, v),

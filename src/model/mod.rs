@@ -18,6 +18,7 @@ pub mod mlp;
 pub mod nf4_weight;
 pub mod norm;
 pub mod rope;
+pub mod rope_op;
 pub mod softmax;
 pub mod split_k;
 pub mod swiglu;

@@ -18,7 +18,7 @@ for l in sys.stdin:
     # Integration tests, and the unit tests of the kernel crate (kernels against their references).
     if m.get("reason") == "compiler-artifact" and m.get("executable") and (t["kind"] == ["test"] or t["name"] == "medqlora_kernels"):
         print(t["name"], m["executable"])' > .carry/tests.txt
-cp target/release/medqlora .carry/medqlora
+cp "${CARGO_TARGET_DIR:-target}/release/medqlora" .carry/medqlora
 # Only the suites that exercise the CUDA backend travel (64 MiB per call).
 while read -r name exe; do
   cut -d' ' -f1 tools/device/gpu-tests.txt | grep -qx "$name" && cp "$exe" ".carry/test-$name"
