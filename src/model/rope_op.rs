@@ -45,7 +45,7 @@ fn forward_prim<B: Backend>(x: FloatTensor<B>, cos: FloatTensor<B>, sin: FloatTe
     let (x, cos, sin) = (float::<B, 3>(x), float::<B, 4>(cos), float::<B, 4>(sin));
     let [b, s, n, d] = dims(&x, &cos, heads);
     #[cfg(feature = "cuda")]
-    let (x, cos, sin) = match cuda::rope::<B>(x, cos, sin, [b, s, n, d], false) {
+    let (x, cos, sin) = match cuda::rope::<B, 3>(x, cos, sin, [b, s, n, d], false) {
         Ok(y) => return y,
         Err(back) => back,
     };
@@ -57,7 +57,7 @@ fn backward_prim<B: Backend>(g: FloatTensor<B>, cos: FloatTensor<B>, sin: FloatT
     let (g, cos, sin) = (float::<B, 4>(g), float::<B, 4>(cos), float::<B, 4>(sin));
     let [b, n, s, d] = g.dims();
     #[cfg(feature = "cuda")]
-    let (g, cos, sin) = match cuda::rope::<B>(g, cos, sin, [b, s, n, d], true) {
+    let (g, cos, sin) = match cuda::rope::<B, 4>(g, cos, sin, [b, s, n, d], true) {
         Ok(dx) => return dx,
         Err(back) => back,
     };
