@@ -88,6 +88,16 @@ pub fn upload_float<R: CubeRuntime>(client: &ComputeClient<R>, device: &R::Devic
     upload_bytes(client, device, &bytes, shape, dtype)
 }
 
+/// `v` rounded to `dtype` (bf16 or f16; f32 as is) and back: what a kernel reading `v` from
+/// [`upload_float`] sees, so references can be computed on the same values.
+pub fn round_to(v: &[f32], dtype: DType) -> Vec<f32> {
+    match dtype {
+        DType::BF16 => crate::testutil::round_bf16(v),
+        DType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
+        _ => v.to_vec(),
+    }
+}
+
 /// Reads a contiguous f32/bf16/f16 device tensor back as f32.
 pub fn read_f32<R: CubeRuntime>(t: &CubeTensor<R>) -> Vec<f32> {
     let bytes = t.client.read_one_unchecked(t.handle.clone());

@@ -68,8 +68,8 @@ fn reference_gradient_matches_finite_differences() {
 mod device {
     use super::inputs;
     use crate::cross_entropy::{cross_entropy_backward, cross_entropy_backward_into, cross_entropy_forward, cross_entropy_forward_into, reference};
-    use crate::device::{poisoned, read_f32, upload_bytes, upload_f32, upload_float};
-    use crate::testutil::{assert_close, rng, round_bf16};
+    use crate::device::{poisoned, read_f32, round_to, upload_bytes, upload_f32, upload_float};
+    use crate::testutil::{assert_close, rng};
     use burn_backend::DType;
     use burn_cubecl::tensor::CubeTensor;
     use burn_cubecl::CubeRuntime;
@@ -84,13 +84,6 @@ mod device {
     /// The gradient in bf16 / f16 storage: rounded once (half an ulp of bf16 is 2^-9 = 2.0e-3).
     const CE_GRAD_HALF_REL: f64 = 8e-3;
 
-    fn round(v: &[f32], dtype: DType) -> Vec<f32> {
-        match dtype {
-            DType::BF16 => round_bf16(v),
-            DType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
-            _ => v.to_vec(),
-        }
-    }
 
     fn upload_targets<R: CubeRuntime>(client: &ComputeClient<R>, device: &R::Device, t: &[i64], dtype: DType) -> CubeTensor<R> {
         let bytes: Vec<u8> = match dtype {
@@ -123,7 +116,7 @@ mod device {
                 if tdtype == DType::U32 && rows > 2 {
                     t[2] = u32::MAX as i64; // -1 as u32
                 }
-                let xr = round(&x, dtype);
+                let xr = round_to(&x, dtype);
                 let what = format!("{dtype:?} targets {tdtype:?} rows {rows} vocab {vocab}");
                 let dxt = upload_float(client, device, &x, vec![rows, vocab], dtype);
                 let dt = upload_targets(client, device, &t, tdtype);

@@ -67,22 +67,15 @@ fn reference_scales_kept_elements_and_zeros_the_rest() {
 #[cfg(feature = "launch")]
 mod device {
     use super::random_seed;
-    use crate::device::{poisoned, read_f32, upload_bytes, upload_float};
+    use crate::device::{poisoned, read_f32, round_to, upload_bytes, upload_float};
     use crate::dropout::{dropout, dropout_into, dropout_split, reference};
-    use crate::testutil::{rng, round_bf16, uniform};
+    use crate::testutil::{rng, uniform};
     use burn_backend::DType;
     use burn_cubecl::tensor::CubeTensor;
     use burn_cubecl::CubeRuntime;
     use cubecl::client::ComputeClient;
     use rand::Rng;
 
-    fn round(v: &[f32], dtype: DType) -> Vec<f32> {
-        match dtype {
-            DType::BF16 => round_bf16(v),
-            DType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
-            _ => v.to_vec(),
-        }
-    }
 
     fn upload_seed<R: CubeRuntime>(client: &ComputeClient<R>, device: &R::Device, seed: [i64; 4]) -> CubeTensor<R> {
         let bytes: Vec<u8> = seed.iter().flat_map(|&v| (v as i32).to_le_bytes()).collect();
@@ -99,8 +92,8 @@ mod device {
             let p = [0.05, 0.1, 0.5][r.random_range(0..3)];
             let seed = random_seed(&mut r);
             for &dtype in dtypes {
-                let xr = round(&x, dtype);
-                let want = round(&reference::dropout(&xr, seed, p), dtype);
+                let xr = round_to(&x, dtype);
+                let want = round_to(&reference::dropout(&xr, seed, p), dtype);
                 let xd = upload_float(client, device, &x, vec![n], dtype);
                 let y = poisoned(client, device, vec![n], dtype);
                 dropout_into(&xd, &upload_seed(client, device, seed), &y, p).unwrap();
@@ -117,8 +110,8 @@ mod device {
             let x: Vec<f32> = uniform(&mut r, rows * cols, 2.0).into_iter().map(|v| v + 1.0f32.copysign(v)).collect();
             let seed = random_seed(&mut r);
             for &dtype in dtypes {
-                let xr = round(&x, dtype);
-                let want = reference::split_columns(&round(&reference::dropout(&xr, seed, 0.1), dtype), rows, cols, parts);
+                let xr = round_to(&x, dtype);
+                let want = reference::split_columns(&round_to(&reference::dropout(&xr, seed, 0.1), dtype), rows, cols, parts);
                 let xd = upload_float(client, device, &x, vec![rows, cols], dtype);
                 let y = dropout_split(&xd, &upload_seed(client, device, seed), 0.1, parts).unwrap();
                 assert_eq!(y.meta.shape().iter().copied().collect::<Vec<_>>(), vec![parts, rows, cols / parts]);

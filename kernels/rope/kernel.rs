@@ -10,27 +10,6 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
-/// Runs `$launch` with `$c` naming the cosines' element type.
-macro_rules! with_cos {
-    ($dtype:expr, $name:expr, $c:ident => $launch:expr) => {
-        match $dtype {
-            DType::F32 => {
-                type $c = f32;
-                $launch
-            }
-            DType::BF16 => {
-                type $c = half::bf16;
-                $launch
-            }
-            DType::F16 => {
-                type $c = half::f16;
-                $launch
-            }
-            dtype => return Err(KernelError::Dtype { kernel: $name, dtype }),
-        }
-    };
-}
-
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn rope_kernel<F: Float, C: Float>(
@@ -109,7 +88,7 @@ pub fn rope_into<R: CubeRuntime>(x: &CubeTensor<R>, cos: &CubeTensor<R>, sin: &C
     let dim = CubeDim::new_1d(256);
     let count = cubecl::calculate_cube_count_elemwise(client, len, dim);
     let arg = |t: &CubeTensor<R>| unsafe { ArrayArg::from_raw_parts(t.handle.clone(), numel(t)) };
-    with_float!(x.dtype, NAME, F => with_cos!(cos.dtype, NAME, C => unsafe {
+    with_float!(x.dtype, NAME, F => with_float!(cos.dtype, NAME, C => unsafe {
         rope_kernel::launch_unchecked::<F, C, R>(client, count, dim, arg(x), arg(cos), arg(sin), arg(out), seq, heads, head_dim / 2, x_heads_first as u32, sign, len)
     }));
     Ok(())

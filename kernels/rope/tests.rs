@@ -38,9 +38,9 @@ fn reference_rotates_each_pair_and_its_gradient_is_the_inverse_rotation() {
 #[cfg(feature = "launch")]
 mod device {
     use super::inputs;
-    use crate::device::{poisoned, read_f32, upload_float};
+    use crate::device::{poisoned, read_f32, round_to, upload_float};
     use crate::rope::{reference, rope_backward, rope_forward, rope_into, RopeDims};
-    use crate::testutil::{assert_close, rng, round_bf16};
+    use crate::testutil::{assert_close, rng};
     use burn_backend::DType;
     use burn_cubecl::CubeRuntime;
     use cubecl::client::ComputeClient;
@@ -51,13 +51,6 @@ mod device {
     /// bf16 / f16 storage, each output rounded once (half an ulp of bf16 is 2^-9 = 2.0e-3).
     const ROPE_HALF_REL: f64 = 8e-3;
 
-    fn round(v: &[f32], dtype: DType) -> Vec<f32> {
-        match dtype {
-            DType::BF16 => round_bf16(v),
-            DType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
-            _ => v.to_vec(),
-        }
-    }
 
     /// Forward and gradient against the reference (and the layout moves) for every dtype, on
     /// the 7B's q and k shapes at 512 tokens, Qwen2.5-0.5B's head dim, and a random odd shape.
@@ -72,7 +65,7 @@ mod device {
         for dims in cases {
             let (x, cos, sin) = inputs(&mut r, dims);
             for &dtype in dtypes {
-                let (xr, cr, sr) = (round(&x, dtype), round(&cos, dtype), round(&sin, dtype));
+                let (xr, cr, sr) = (round_to(&x, dtype), round_to(&cos, dtype), round_to(&sin, dtype));
                 let (name, bound) = if dtype == DType::F32 { ("ROPE_F32_REL", ROPE_F32_REL) } else { ("ROPE_HALF_REL", ROPE_HALF_REL) };
                 let up = |v: &[f32]| upload_float(client, device, v, vec![v.len()], dtype);
                 let (dc, ds) = (up(&cos), up(&sin));
@@ -83,7 +76,7 @@ mod device {
                 assert_close(&format!("rope forward {dtype:?} {dims:?}"), &read_f32(&y), &want, name, bound);
                 // The gradient of sum(y * g) for a random head-major g.
                 let g = crate::testutil::uniform(&mut r, dims.len(), 1.0);
-                let gr = round(&g, dtype);
+                let gr = round_to(&g, dtype);
                 let dx = poisoned(client, device, shape, dtype);
                 rope_into(&up(&g), &dc, &ds, dims, true, -1.0, &dx).unwrap();
                 let want = reference::rope(&reference::transpose_heads(&gr, dims, false), &cr, &sr, dims, -1.0);

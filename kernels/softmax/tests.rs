@@ -95,9 +95,9 @@ fn masked_softmax_reference_gradient_matches_finite_differences() {
 #[cfg(feature = "launch")]
 mod device {
     use super::{mask, scores};
-    use crate::device::{poisoned, read_f32, upload_bytes, upload_float};
+    use crate::device::{poisoned, read_f32, round_to, upload_bytes, upload_float};
     use crate::softmax::{masked_softmax, masked_softmax_backward_into, masked_softmax_into, reference, Rows};
-    use crate::testutil::{assert_close, rng, round_bf16, uniform};
+    use crate::testutil::{assert_close, rng, uniform};
     use burn_backend::{BoolStore, DType};
     use burn_cubecl::CubeRuntime;
     use cubecl::client::ComputeClient;
@@ -117,13 +117,6 @@ mod device {
         }
     }
 
-    fn round(v: &[f32], dtype: DType) -> Vec<f32> {
-        match dtype {
-            DType::BF16 => round_bf16(v),
-            DType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
-            _ => v.to_vec(),
-        }
-    }
 
     /// Both kernels against the reference for each `(dtype, mask storage)` in `runs`.
     fn kernels_match_reference<R: CubeRuntime>(client: &ComputeClient<R>, device: &R::Device, runs: &[(DType, BoolStore)]) {
@@ -148,7 +141,7 @@ mod device {
             let (s, dp) = (scores(&mut r, len), uniform(&mut r, len, 1.0));
             for &(dtype, store) in runs {
                 let (name, bound) = if dtype == DType::F32 { ("SOFTMAX_F32_REL", SOFTMAX_F32_REL) } else { ("SOFTMAX_HALF_REL", SOFTMAX_HALF_REL) };
-                let (sr, dpr) = (round(&s, dtype), round(&dp, dtype));
+                let (sr, dpr) = (round_to(&s, dtype), round_to(&dp, dtype));
                 let shape = vec![layout.rows, layout.keys];
                 let (ds_, ddp) = (upload_float(client, device, &s, shape.clone(), dtype), upload_float(client, device, &dp, shape.clone(), dtype));
                 let dm = upload_bytes(client, device, &mask_bytes(&m, store), vec![layout.mask_batches * layout.n, layout.keys], DType::Bool(store));

@@ -22,27 +22,6 @@ pub(crate) fn splitk_sum_kernel<F: Float, O: Float, N: Size>(x: &Array<Vector<F,
     }
 }
 
-/// Runs `$launch` with `$o` naming the output's element type.
-macro_rules! with_out {
-    ($dtype:expr, $name:expr, $o:ident => $launch:expr) => {
-        match $dtype {
-            DType::F32 => {
-                type $o = f32;
-                $launch
-            }
-            DType::BF16 => {
-                type $o = half::bf16;
-                $launch
-            }
-            DType::F16 => {
-                type $o = half::f16;
-                $launch
-            }
-            dtype => return Err(KernelError::Dtype { kernel: $name, dtype }),
-        }
-    };
-}
-
 /// `scale * sum_p x[o, p, i]` as a new contiguous `[outer * inner]` tensor of `out_dtype`
 /// (f32, bf16 or f16), for contiguous partials `x` of `split`'s size (any shape; f32, bf16 or
 /// f16). The caller reshapes.
@@ -84,7 +63,7 @@ pub fn splitk_sum_into<R: CubeRuntime>(x: &CubeTensor<R>, split: Split, scale: f
     let dim = CubeDim::new_1d(256);
     let count = cubecl::calculate_cube_count_elemwise(client, len, dim);
     let arg = |t: &CubeTensor<R>, n: usize| unsafe { ArrayArg::from_raw_parts(t.handle.clone(), n) };
-    with_float!(x.dtype, NAME, F => with_out!(out.dtype, NAME, O => unsafe {
+    with_float!(x.dtype, NAME, F => with_float!(out.dtype, NAME, O => unsafe {
         splitk_sum_kernel::launch_unchecked::<F, O, R>(client, count, dim, vector, arg(x, outer * parts * inner / vector), arg(out, len), parts, inner / vector, len, scale)
     }));
     Ok(())

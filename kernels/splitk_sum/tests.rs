@@ -15,9 +15,9 @@ fn reference_sums_each_group_over_its_parts() {
 
 #[cfg(feature = "launch")]
 mod device {
-    use crate::device::{poisoned, read_f32, upload_float};
+    use crate::device::{poisoned, read_f32, round_to, upload_float};
     use crate::splitk_sum::{reference, splitk_sum, splitk_sum_into, Split};
-    use crate::testutil::{assert_close, rng, round_bf16, uniform};
+    use crate::testutil::{assert_close, rng, uniform};
     use burn_backend::DType;
     use burn_cubecl::CubeRuntime;
     use cubecl::client::ComputeClient;
@@ -28,13 +28,6 @@ mod device {
     /// A bf16 / f16 output rounded once (half an ulp of bf16 is 2^-9 = 2.0e-3).
     const SPLITK_HALF_REL: f64 = 8e-3;
 
-    fn round(v: &[f32], dtype: DType) -> Vec<f32> {
-        match dtype {
-            DType::BF16 => round_bf16(v),
-            DType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
-            _ => v.to_vec(),
-        }
-    }
 
     /// Every `(partials, output)` dtype pair in `pairs`, on LoRA's split shapes (`[8 parts,
     /// 2048 x 64]`, the weight gradient's `[16, 64 x 3584]`), attention's grouped sum (outer 4
@@ -52,7 +45,7 @@ mod device {
             let x = uniform(&mut r, split.outer * split.parts * split.inner, 2.0);
             let scale: f32 = r.random_range(0.1..4.0);
             for &(xd, od) in pairs {
-                let want = reference::splitk_sum(&round(&x, xd), split, scale);
+                let want = reference::splitk_sum(&round_to(&x, xd), split, scale);
                 let out = poisoned(client, device, vec![split.outer * split.inner], od);
                 splitk_sum_into(&upload_float(client, device, &x, vec![split.outer * split.parts * split.inner], xd), split, scale, &out).unwrap();
                 let (name, bound) = if od == DType::F32 { ("SPLITK_F32_REL", SPLITK_F32_REL) } else { ("SPLITK_HALF_REL", SPLITK_HALF_REL) };

@@ -75,9 +75,9 @@ fn swiglu_reference_matches_closed_forms_and_limits() {
 #[cfg(feature = "launch")]
 mod device {
     use super::inputs;
-    use crate::device::{poisoned, read_f32, upload_float};
+    use crate::device::{poisoned, read_f32, round_to, upload_float};
     use crate::swiglu::{reference, swiglu_backward, swiglu_backward_into, swiglu_forward, swiglu_forward_into};
-    use crate::testutil::{assert_close, rng, round_bf16};
+    use crate::testutil::{assert_close, rng};
     use burn_backend::DType;
     use burn_cubecl::CubeRuntime;
     use cubecl::client::ComputeClient;
@@ -90,13 +90,6 @@ mod device {
     /// from inputs the reference sees rounded the same way.
     const SWIGLU_HALF_REL: f64 = 8e-3;
 
-    fn round(v: &[f32], dtype: DType) -> Vec<f32> {
-        match dtype {
-            DType::BF16 => round_bf16(v),
-            DType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
-            _ => v.to_vec(),
-        }
-    }
 
     /// `big`: the largest length (the 7B MLP's on CUDA; lavapipe's buffers hold at most 128 MiB).
     fn kernels_match_reference<R: CubeRuntime>(client: &ComputeClient<R>, device: &R::Device, dtypes: &[DType], big: usize) {
@@ -108,7 +101,7 @@ mod device {
             let (g, u, dh) = inputs(&mut r, n);
             for &dtype in dtypes {
                 let (name, bound) = if dtype == DType::F32 { ("SWIGLU_F32_REL", SWIGLU_F32_REL) } else { ("SWIGLU_HALF_REL", SWIGLU_HALF_REL) };
-                let (gr, ur, dhr) = (round(&g, dtype), round(&u, dtype), round(&dh, dtype));
+                let (gr, ur, dhr) = (round_to(&g, dtype), round_to(&u, dtype), round_to(&dh, dtype));
                 let up = |v: &[f32]| upload_float(&client, &device, v, vec![n], dtype);
                 let (dg_, du_, ddh) = (up(&g), up(&u), up(&dh));
                 let y = poisoned(&client, &device, vec![n], dtype);
