@@ -15,7 +15,7 @@ use burn::tensor::{DType, Tensor};
 /// adapter (slices of 448 = 7 x 64) stayed finite; the f32 branch test passes at both widths,
 /// so the bf16 product on those slices is the suspect. With 64, 18,944 is cut in 8 slices of
 /// 2,368.
-pub(crate) const SLICE_ALIGN: usize = 64;
+const SLICE_ALIGN: usize = 64;
 
 /// Into how many slices a reduction of length `len` is cut: the most of `most`, `most / 2`,
 /// ..., 2 (`most` a power of two) whose slices are multiples of [`SLICE_ALIGN`] and at least
