@@ -121,8 +121,9 @@ impl AutodiffTask for Task {
             let mut timeline = Timeline::new(a.device.device);
             let l = if a.profile {
                 let mut observe = |p: Phase| {
+                    let issued = Instant::now();
                     let _ = B::sync(&device);
-                    timeline.mark(p);
+                    timeline.mark(p, issued);
                 };
                 forward_backward_observed(&model, &batch, scale, !a.no_checkpointing, step as u64, &mut observe, &mut grads)
             } else {
@@ -187,12 +188,15 @@ pub fn run(args: BenchTrainArgs) -> anyhow::Result<()> {
     dispatch_autodiff(device, dtype, Task(args))?
 }
 
-/// Time and device memory at each [`Phase`] of one profiled step (`--profile`).
+/// Time and device memory at each [`Phase`] of one profiled step (`--profile`), and how long
+/// the synchronization that ends each phase waited: the GPU runs behind the host, so a phase
+/// whose wait is near zero had the GPU idle for work, bound by the host issuing its launches
+/// (a check that needs no Nsight Systems, which the lent GPU machines lack).
 struct Timeline {
     device: crate::backend::DeviceSpec,
     last: Instant,
-    /// `(phase, seconds since the previous mark, memory)`.
-    marks: Vec<(Phase, f64, Option<crate::gpu_runtime::GpuMemory>)>,
+    /// `(phase, seconds since the previous mark, of which waiting in the sync, memory)`.
+    marks: Vec<(Phase, f64, f64, Option<crate::gpu_runtime::GpuMemory>)>,
 }
 
 impl Timeline {
@@ -200,25 +204,30 @@ impl Timeline {
         Self { device, last: Instant::now(), marks: Vec::new() }
     }
 
-    fn mark(&mut self, phase: Phase) {
+    /// Ends `phase`; `issued`: when the host had issued its work and began to synchronize.
+    fn mark(&mut self, phase: Phase, issued: Instant) {
         let now = Instant::now();
-        self.marks.push((phase, (now - self.last).as_secs_f64(), crate::gpu_runtime::memory(self.device)));
+        self.marks.push((phase, (now - self.last).as_secs_f64(), (now - issued).as_secs_f64(), crate::gpu_runtime::memory(self.device)));
         self.last = now;
     }
 
-    /// `forward 0.410s, head 0.060s, 28 layers 1.080s (max 0.041s), peak in use at marks 8.12 GB (Layer(27)), reserved 11.70 GB from Head`.
+    /// `forward 0.410s (sync waited 0.012s), head 0.060s, 28 layers 1.080s (max 0.041s; sync waited 0.600s in all), peak in use at marks 8.12 GB (Layer(27)), reserved 11.70 GB from Head`.
     fn summary(&self) -> String {
         let secs = |f: &dyn Fn(&Phase) -> bool| self.marks.iter().filter(|m| f(&m.0)).map(|m| m.1).sum::<f64>();
-        let layers: Vec<f64> = self.marks.iter().filter(|m| matches!(m.0, Phase::Layer(_))).map(|m| m.1).collect();
+        let waited = |f: &dyn Fn(&Phase) -> bool| self.marks.iter().filter(|m| f(&m.0)).map(|m| m.2).sum::<f64>();
+        let layer = |p: &Phase| matches!(p, Phase::Layer(_));
+        let layers: Vec<f64> = self.marks.iter().filter(|m| layer(&m.0)).map(|m| m.1).collect();
         let mut out = format!(
-            "forward {:.3}s, head {:.3}s, {} layers {:.3}s (max {:.3}s)",
+            "forward {:.3}s (sync waited {:.3}s), head {:.3}s, {} layers {:.3}s (max {:.3}s; sync waited {:.3}s in all)",
             secs(&|p| *p == Phase::Forward),
+            waited(&|p| *p == Phase::Forward),
             secs(&|p| *p == Phase::Head),
             layers.len(),
             layers.iter().sum::<f64>(),
-            layers.iter().cloned().fold(0.0, f64::max)
+            layers.iter().cloned().fold(0.0, f64::max),
+            waited(&layer)
         );
-        let mem: Vec<(Phase, crate::gpu_runtime::GpuMemory)> = self.marks.iter().filter_map(|m| m.2.map(|g| (m.0, g))).collect();
+        let mem: Vec<(Phase, crate::gpu_runtime::GpuMemory)> = self.marks.iter().filter_map(|m| m.3.map(|g| (m.0, g))).collect();
         if let Some((p, m)) = mem.iter().max_by_key(|(_, m)| m.in_use) {
             // The first mark at the largest reserve: the phase in which the pools reached it
             // (they can shrink again: the step frees the head's buffers before the backward).
