@@ -12,12 +12,7 @@ layers=${LAYERS:-2}
 source "$(dirname "$0")/kcache.sh"
 kcache_restore
 source "$(dirname "$0")/step-setup.sh"
-step_bin || exit 1
-bin=/tmp/mq/medqlora
-m=$(step_model $layers) || exit 1
-args=(--kernel-cache $PWD/.kcache --autotune minimal bench train --model $m --device cuda --dtype bf16 --quantize nf4 --seq 2048 --r 64 "$@")
-# Untimed run first: compiles what the kernel cache lacks, so ncu's step times kernels only.
-$bin "${args[@]}" --steps 1 --warmup 0 2>&1 | tail -1
+step_prepare $layers "$@" || exit 1
 ncu --metrics gpu__time_duration.sum,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active --csv --log-file "$OUT/ncu.csv" $bin "${args[@]}" --steps 1 --warmup 0 > "$OUT/ncu-run.log" 2>&1
 tail -2 "$OUT/ncu-run.log"
 python3 - "$OUT/ncu.csv" "$layers" <<'PY'

@@ -17,12 +17,7 @@ kcache_restore
 nsys=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems*/bin/nsys /usr/local/cuda/nsight-systems*/bin/nsys 2>/dev/null | head -1)
 [ -n "$nsys" ] || { echo "timeline: no nsys on this machine (looked in PATH, /usr/local/cuda, /opt/nvidia)"; exit 3; }
 source "$(dirname "$0")/step-setup.sh"
-step_bin || exit 1
-bin=/tmp/mq/medqlora
-m=$(step_model $layers) || exit 1
-args=(--kernel-cache $PWD/.kcache --autotune minimal bench train --model $m --device cuda --dtype bf16 --quantize nf4 --seq 2048 --r 64 "$@")
-# Untimed run first: compiles what the kernel cache lacks.
-$bin "${args[@]}" --steps 1 --warmup 0 2>&1 | tail -1
+step_prepare $layers "$@" || exit 1
 # Two steps after one warm-up; the last step is the one summarized.
 "$nsys" profile --trace=cuda --sample=none --cpuctxsw=none -o /tmp/timeline -f true $bin "${args[@]}" --steps 2 --warmup 1 > "$OUT/timeline-run.log" 2>&1
 grep -E "^step" "$OUT/timeline-run.log" | tail -3
