@@ -143,7 +143,10 @@ pub fn variants<R: Runtime>(client: &ComputeClient<R>) -> Vec<Variant> {
             for config in gemm::GemmConfig::ALL {
                 let (rows, wvec, mma, stages, name) = pipelined(config);
                 if config.mma == gemm::GemmMma::Wide {
-                    out.push(variant(format!("gemm64 {name} {t}{dq}"), gemm::wide::gemm_wide_kernel::GemmWideKernel::<F, R>::new(settings(gemm::wide::WIDE_THREADS as u32), c(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), gemm::wide::WIDE_WORDS, double, false)));
+                    for (lora, biased) in [(false, false), (true, false), (true, true), (false, true)] {
+                        let ext = match (lora, biased) { (false, false) => "", (true, false) => " + lora", (true, true) => " + lora + bias", (false, true) => " + bias" };
+                        out.push(variant(format!("gemm64 {name} {t}{dq}{ext}"), gemm::wide::gemm_wide_kernel::GemmWideKernel::<F, R>::new(settings(gemm::wide::WIDE_THREADS as u32), c(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), (), gemm::wide::WIDE_WORDS, double, false, lora, biased)));
+                    }
                     continue;
                 }
                 out.push(variant(format!("gemm64 {name} {t}{dq}"), gemm::pipelined::gemm64_kernel::Gemm64Kernel::<F, R>::new(settings(2 * rows as u32), c(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), wvec, double, rows, mma, stages)));
@@ -160,7 +163,7 @@ pub fn variants<R: Runtime>(client: &ComputeClient<R>) -> Vec<Variant> {
             for config in gemm::GemmConfig::ALL {
                 let (rows, wvec, mma, stages, name) = pipelined(config);
                 if config.mma == gemm::GemmMma::Wide {
-                    out.push(variant(format!("gemm_dx64 {name} {t}{dq}"), gemm::wide::gemm_wide_kernel::GemmWideKernel::<F, R>::new(settings(gemm::wide::WIDE_THREADS as u32), c(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), gemm::wide::WIDE_WORDS, double, true)));
+                    out.push(variant(format!("gemm_dx64 {name} {t}{dq}"), gemm::wide::gemm_wide_kernel::GemmWideKernel::<F, R>::new(settings(gemm::wide::WIDE_THREADS as u32), c(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), (), gemm::wide::WIDE_WORDS, double, true, false, false)));
                     continue;
                 }
                 out.push(variant(format!("gemm_dx64 {name} {t}{dq}"), gemm_dx::pipelined::gemm_dx64_kernel::GemmDx64Kernel::<F, R>::new(settings(2 * rows as u32), c(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), wvec, double, rows, mma, stages)));
@@ -190,6 +193,7 @@ pub fn variants<R: Runtime>(client: &ComputeClient<R>) -> Vec<Variant> {
             // (activations).
             let to_f32 = vector.min(4);
             out.push(variant(format!("split-K sum {t} x{to_f32} -> f32"), splitk_sum::kernel::splitk_sum_kernel::SplitkSumKernel::<F, f32, R>::new(settings(256), c(), arr(), arr(), (), (), (), (), to_f32)));
+            out.push(variant(format!("split-K operand {v}"), splitk_sum::kernel::splitk_operand_kernel::SplitkOperandKernel::<F, R>::new(settings(256), c(), arr(), arr(), (), (), (), (), vector)));
             if t != "f32" {
                 out.push(variant(format!("split-K sum {v} -> {t}"), splitk_sum::kernel::splitk_sum_kernel::SplitkSumKernel::<F, F, R>::new(settings(256), c(), arr(), arr(), (), (), (), (), vector)));
             }

@@ -1,8 +1,9 @@
-//! The split-K sum kernel: one thread per output vector of up to 16 bytes of the partials'
-//! dtype, looping over the parts (a warp reads 512 contiguous bytes of each part).
+//! The split-K kernels. The sum: one thread per output vector of up to 16 bytes of the
+//! partials' dtype, looping over the parts (a warp reads 512 contiguous bytes of each part).
+//! The operand: one thread per vector of the input, written to its slice.
 
 use super::reference::Split;
-use crate::device::{empty, numel, with_float, KernelError};
+use crate::device::{elementwise_plan, empty, numel, vector_arg, with_float, ElementwiseLaunch, KernelError};
 use burn_backend::DType;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
@@ -67,4 +68,62 @@ pub fn splitk_sum_into<R: CubeRuntime>(x: &CubeTensor<R>, split: Split, scale: f
         splitk_sum_kernel::launch_unchecked::<F, O, R>(client, count, dim, vector, arg(x, outer * parts * inner / vector), arg(out, len), parts, inner / vector, len, scale)
     }));
     Ok(())
+}
+
+/// `x [rows, cols]` written as `[cols / width, rows, width]` (column slice `s` as batch `s`):
+/// one thread per vector of `x`, which never straddles two slices.
+#[cube(launch_unchecked)]
+pub(crate) fn splitk_operand_kernel<F: Float, N: Size>(x: &Array<Vector<F, N>>, y: &mut Array<Vector<F, N>>, vectors: usize, rows: usize, cols: usize, width: usize) {
+    let v = ABSOLUTE_POS;
+    if v < vectors {
+        let xv = x[v];
+        let e = v * xv.vector_size();
+        let (r, c) = (e / cols, e % cols);
+        y[(((c / width) * rows + r) * width + c % width) / xv.vector_size()] = xv;
+    }
+}
+
+/// `x [rows, cols]` (contiguous; f32, bf16 or f16) as a new contiguous `[parts, rows, cols /
+/// parts]` tensor, column slice `s` as batch `s`: the layout a split-K product's batched GEMM
+/// takes for the operand whose reduction is cut. `cols / parts` must be a multiple of 8.
+pub fn splitk_operand<R: CubeRuntime>(x: &CubeTensor<R>, parts: usize) -> Result<CubeTensor<R>, KernelError> {
+    let dims: Vec<usize> = x.meta.shape().iter().copied().collect();
+    let (rows, cols) = operand_dims(&dims, parts)?;
+    let y = empty(x, vec![parts, rows, cols / parts], x.dtype);
+    splitk_operand_into(x, parts, &y)?;
+    Ok(y)
+}
+
+/// [`splitk_operand`] into `y` (contiguous `[parts, rows, cols / parts]` of `x`'s dtype; tests
+/// pass a poisoned one).
+pub fn splitk_operand_into<R: CubeRuntime>(x: &CubeTensor<R>, parts: usize, y: &CubeTensor<R>) -> Result<(), KernelError> {
+    let dims: Vec<usize> = x.meta.shape().iter().copied().collect();
+    let (rows, cols) = operand_dims(&dims, parts)?;
+    let ydims: Vec<usize> = y.meta.shape().iter().copied().collect();
+    if ydims != [parts, rows, cols / parts] || !y.is_contiguous() || y.dtype != x.dtype {
+        return Err(KernelError::Shape { kernel: OPERAND, what: format!("output is {:?} {ydims:?} (contiguous: {}), expected contiguous {:?} {:?}", y.dtype, y.is_contiguous(), x.dtype, [parts, rows, cols / parts]) });
+    }
+    let Some(ElementwiseLaunch { vectors, vector, count, dim }) = elementwise_plan(OPERAND, x, &[("x", x)])? else { return Ok(()) };
+    if (cols / parts) % vector != 0 {
+        return Err(KernelError::Shape { kernel: OPERAND, what: format!("slices of {} columns split a vector of {vector}", cols / parts) });
+    }
+    let yo = y.handle.offset_start.unwrap_or(0) as usize / x.dtype.size();
+    if yo % vector != 0 {
+        return Err(KernelError::Shape { kernel: OPERAND, what: format!("the output starts at element {yo}, not on a vector of {vector}") });
+    }
+    with_float!(x.dtype, OPERAND, F => unsafe {
+        splitk_operand_kernel::launch_unchecked::<F, R>(&x.client, count, dim, vector, vector_arg(x, vectors), vector_arg(y, vectors), vectors, rows, cols, cols / parts)
+    });
+    Ok(())
+}
+
+const OPERAND: &str = "split-K operand";
+
+/// `[rows, cols]` of a 2-d `x` whose columns split into `parts` slices of a multiple of 8.
+fn operand_dims(dims: &[usize], parts: usize) -> Result<(usize, usize), KernelError> {
+    let [rows, cols] = dims[..] else { return Err(KernelError::Shape { kernel: OPERAND, what: format!("x has shape {dims:?}, expected [rows, cols]") }) };
+    if parts == 0 || cols % parts != 0 || (cols / parts) % 8 != 0 {
+        return Err(KernelError::Shape { kernel: OPERAND, what: format!("{cols} columns do not split into {parts} slices of a multiple of 8") });
+    }
+    Ok((rows, cols))
 }

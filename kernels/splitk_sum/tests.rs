@@ -2,7 +2,7 @@
 //! partials of the model's and awkward shapes in every dtype pair (device; Vulkan on
 //! lavapipe in CI, CUDA on the GPU).
 
-use super::reference::{splitk_sum, Split};
+use super::reference::{splitk_operand, splitk_sum, Split};
 
 #[test]
 fn reference_sums_each_group_over_its_parts() {
@@ -13,10 +13,17 @@ fn reference_sums_each_group_over_its_parts() {
     assert_eq!(got, vec![15.0, 16.5, 165.0, 166.5]);
 }
 
+#[test]
+fn reference_operand_takes_column_slices_as_batches() {
+    // 2 rows x 4 columns in 2 slices: x[r, c] = 10 r + c.
+    let x: Vec<f32> = (0..2).flat_map(|r| (0..4).map(move |c| (10 * r + c) as f32)).collect();
+    assert_eq!(splitk_operand(&x, 2, 4, 2), vec![0.0, 1.0, 10.0, 11.0, 2.0, 3.0, 12.0, 13.0]);
+}
+
 #[cfg(feature = "launch")]
 mod device {
     use crate::device::{poisoned, read_f32, round_to, upload_float};
-    use crate::splitk_sum::{reference, splitk_sum, splitk_sum_into, Split};
+    use crate::splitk_sum::{reference, splitk_operand, splitk_operand_into, splitk_sum, splitk_sum_into, Split};
     use crate::testutil::{assert_close, rng, uniform};
     use burn_backend::DType;
     use burn_cubecl::CubeRuntime;
@@ -64,6 +71,48 @@ mod device {
         let mut transposed = upload_float(client, device, &x, vec![6, 40], DType::F32);
         transposed.meta.swap(0, 1);
         assert!(splitk_sum(&transposed, split, 1.0, DType::F32).is_err(), "not contiguous");
+    }
+
+    /// A copy: every element lands exactly where the reference puts it.
+    const OPERAND_REL: f64 = 0.0;
+
+    /// The operand layout in every dtype of `dtypes` on LoRA's cut gradients (`gate_proj`'s
+    /// 18,944 columns in 8 slices, the hidden 3,584 in 8), the head's, an 8-wide slice and a
+    /// random shape; values already rounded to the dtype, so the copy must be exact.
+    fn operand_matches_reference<R: CubeRuntime>(client: &ComputeClient<R>, device: &R::Device, dtypes: &[DType]) {
+        let mut r = rng("split-K operand kernel");
+        let parts = r.random_range(1..9);
+        let cases = [(64, 18_944, 8), (300, 3_584, 8), (256, 896, 2), (5, 16, 2), (r.random_range(1..200), 8 * parts * r.random_range(1..40), parts)];
+        for (rows, cols, parts) in cases {
+            for &dt in dtypes {
+                let x = round_to(&uniform(&mut r, rows * cols, 3.0), dt);
+                let want = reference::splitk_operand(&x, rows, cols, parts);
+                let out = poisoned(client, device, vec![parts, rows, cols / parts], dt);
+                splitk_operand_into(&upload_float(client, device, &x, vec![rows, cols], dt), parts, &out).unwrap();
+                assert_close(&format!("split-K operand {dt:?} {rows} x {cols} in {parts}"), &read_f32(&out), &want, "OPERAND_REL", OPERAND_REL);
+            }
+        }
+        let x = upload_float(client, device, &uniform(&mut r, 6 * 64, 1.0), vec![6, 64], DType::F32);
+        assert_eq!(splitk_operand(&x, 4).unwrap().meta.shape().iter().copied().collect::<Vec<_>>(), vec![4, 6, 16], "allocating entry point");
+        assert!(splitk_operand(&x, 3).is_err(), "64 columns in 3 slices");
+        assert!(splitk_operand(&x, 16).is_err(), "slices of 4 columns");
+        let mut transposed = upload_float(client, device, &uniform(&mut r, 64 * 64, 1.0), vec![64, 64], DType::F32);
+        transposed.meta.swap(0, 1);
+        assert!(splitk_operand(&transposed, 2).is_err(), "not contiguous");
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn splitk_operand_kernel_on_cuda() {
+        let Some((client, device)) = crate::testutil::cuda() else { return };
+        operand_matches_reference(&client, &device, &[DType::BF16, DType::F16, DType::F32]);
+    }
+
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn splitk_operand_kernel_on_wgpu() {
+        let Some((client, device)) = crate::testutil::wgpu() else { return };
+        operand_matches_reference(&client, &device, &crate::testutil::wgpu_float_dtypes(&client));
     }
 
     #[cfg(feature = "cuda")]

@@ -12,7 +12,7 @@
 
 use super::autodiff_op::{cast, float, on_training_backend, prim, TrainingOp};
 use super::linear::{copies_strided_operands, matmul_weight_t};
-use super::split_k::{split_k_parts, sum_parts};
+use super::split_k::{split_k_parts, split_operand, sum_parts};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -58,7 +58,7 @@ fn input_grad<B: Backend>(g: Tensor<B, 2>, w: Tensor<B, 2>, min_split: usize) ->
     match parts(n, min_split) {
         1 => g.matmul(w),
         p => {
-            let gs = g.reshape([m, p, n / p]).swap_dims(0, 1);
+            let gs = split_operand(g, p);
             sum_parts(gs.matmul(w.reshape([p, n / p, k])), 0, 1.0, dtype).reshape([m, k])
         }
     }

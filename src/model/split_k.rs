@@ -40,13 +40,38 @@ pub(crate) fn sum_parts<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize,
     s.cast(out)
 }
 
+/// `x [rows, cols]` as `[parts, rows, cols / parts]` (column slice `s` as batch `s`): a
+/// split-K product's cut operand. On CUDA one kernel writes that layout
+/// (`medqlora_kernels::splitk_sum::splitk_operand`; as a view Burn's matmul copied it at
+/// ~0.8 TB/s first); elsewhere the view.
+pub(crate) fn split_operand<B: Backend>(x: Tensor<B, 2>, parts: usize) -> Tensor<B, 3> {
+    #[cfg(feature = "cuda")]
+    let x = match cuda::split_operand::<B>(x, parts) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
+    let [rows, cols] = x.dims();
+    x.reshape([rows, parts, cols / parts]).swap_dims(0, 1)
+}
+
 #[cfg(feature = "cuda")]
 mod cuda {
     use crate::model::autodiff_op::{float, prim};
     use crate::model::cuda_tensor::{back, cube};
     use burn::tensor::backend::Backend;
     use burn::tensor::{DType, Tensor};
-    use medqlora_kernels::splitk_sum::{splitk_sum, Split};
+    use medqlora_kernels::splitk_sum::{splitk_operand, splitk_sum, Split};
+
+    pub(super) fn split_operand<B: Backend>(x: Tensor<B, 2>, parts: usize) -> Result<Tensor<B, 3>, Tensor<B, 2>> {
+        let c = match cube(prim(x)) {
+            Ok(c) => c,
+            Err(p) => return Err(float(p)),
+        };
+        match splitk_operand(&c, parts) {
+            Ok(y) => Ok(float::<B, 3>(back(y))),
+            Err(_) => Err(float::<B, 2>(back(c))),
+        }
+    }
 
     pub(super) fn sum_parts<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize, scale: f64, out: DType) -> Result<Tensor<B, D>, Tensor<B, D>> {
         let dims = x.dims();

@@ -14,6 +14,7 @@ pub mod optim8;
 pub mod parallel;
 pub mod recipe;
 pub mod run;
+pub mod seeded;
 pub mod step;
 
 pub use recipe::Recipe;

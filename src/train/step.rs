@@ -291,7 +291,7 @@ impl<B: AutodiffBackend> MicroStep<'_, B> {
             let x = Tensor::<B, 3>::from_inner(saved.pop().expect("one saved input per layer")).require_grad();
             B::seed(&device, layer_seed(seed, i));
             let y = layer.forward(x.clone(), &inputs, None);
-            let mut g = (y * Tensor::from_inner(upstream)).sum().backward();
+            let mut g = super::seeded::backward_seeded(y, upstream);
             let prefix = format!("model.layers.{i}");
             collect_grads(layer.linears().into_iter().map(|(n, l)| (format!("{prefix}.{n}"), l)), &mut g, grads);
             observe(Phase::Layer(i));
