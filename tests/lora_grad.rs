@@ -246,3 +246,69 @@ fn lora_branch_matches_the_plain_ops() {
     }
     on_every_backend!(run);
 }
+
+/// A QLoRA projection as one operation (`lora::fused`: on CUDA in 16 bits, one NF4 product
+/// with the adapter's up-projection and the bias in its epilogue) against the plain ops on the
+/// CPU in f32 through the dequantized weight: output and the gradients of `x`, `A` and `B`, on
+/// a bias-carrying `q_proj`-like shape with partial tiles and on a wider one without bias.
+#[test]
+fn nf4_lora_projection_matches_the_plain_ops() {
+    use burn::tensor::{Bool, DType, Int, TensorData};
+    use medqlora::lora::fused::nf4_lora_linear;
+    use medqlora::model::nf4_weight::Nf4Weight;
+    use rand::{Rng, SeedableRng};
+
+    fn run<B: Backend>(t: common::Target<B>) {
+        let seed: u64 = rand::rng().random();
+        println!("{}: seed {seed}", t.name);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        for (m, k, n, with_bias) in [(300usize, 1024usize, 640usize, true), (512, 512, 1536, false)] {
+            let (r, p, s) = (64, 0.1, 0.5);
+            let mut normal = |len: usize, std: f32| common::bell(&mut rng, len, std);
+            let (x, a, b, g, dense, bias) = (normal(m * k, 1.0), normal(r * k, 0.03), normal(n * r, 0.1), normal(m * n, 1.0), normal(n * k, 0.05), normal(n, 1.0));
+            let q = medqlora::quant::nf4::quantize(&dense, &[n, k], 64, true).unwrap();
+            let w_deq = q.dequantize();
+            let mask_seed: [i64; 4] = [0; 4].map(|_: i64| rng.random_range(0..65536));
+            let drop: Vec<bool> = medqlora_kernels::dropout::reference::keep_mask(m * k, mask_seed, p).into_iter().map(|k| !k).collect();
+            let data = |v: &Vec<f32>, shape: [usize; 2]| TensorData::new(v.clone(), shape);
+
+            let ours = |dtype: DType| {
+                let dev = &t.device;
+                let w = Nf4Weight::<Autodiff<B>>::from_host(&q, dev);
+                let x = Tensor::<Autodiff<B>, 2>::from_inner(Tensor::<B, 2>::from_data(data(&x, [m, k]), dev).cast(dtype)).require_grad();
+                let a = Tensor::<Autodiff<B>, 2>::from_data(data(&a, [r, k]), dev).require_grad();
+                let b = Tensor::<Autodiff<B>, 2>::from_data(data(&b, [n, r]), dev).require_grad();
+                let bias = with_bias.then(|| Tensor::<Autodiff<B>, 1>::from_inner(Tensor::<B, 1>::from_data(TensorData::new(bias.clone(), [n]), dev).cast(dtype)));
+                let mask_seed = Tensor::<Autodiff<B>, 1, Int>::from_data(TensorData::new(mask_seed.to_vec(), [4]), dev);
+                let y = nf4_lora_linear(x.clone(), &w, bias, Some(mask_seed), a.clone(), b.clone(), s, p);
+                let grads = (y.clone() * Tensor::<Autodiff<B>, 2>::from_data(data(&g, [m, n]), dev).cast(dtype)).sum().backward();
+                [y.inner().into_data(), x.grad(&grads).unwrap().into_data(), a.grad(&grads).unwrap().into_data(), b.grad(&grads).unwrap().into_data()]
+            };
+            let want = {
+                let dev = &Default::default();
+                let x = Tensor::<AD, 2>::from_data(data(&x, [m, k]), dev).require_grad();
+                let a = Tensor::<AD, 2>::from_data(data(&a, [r, k]), dev).require_grad();
+                let b = Tensor::<AD, 2>::from_data(data(&b, [n, r]), dev).require_grad();
+                let w = Tensor::<AD, 2>::from_data(data(&w_deq, [n, k]), dev);
+                let mask = Tensor::<AD, 2, Bool>::from_data(TensorData::new(drop.clone(), [m, k]), dev);
+                let base = x.clone().matmul(w.transpose());
+                let base = if with_bias { base + Tensor::<AD, 1>::from_data(TensorData::new(bias.clone(), [n]), dev).unsqueeze_dim(0) } else { base };
+                let xd = x.clone().mask_fill(mask, 0.0).div_scalar(1.0 - p);
+                let y = base + xd.matmul(a.clone().transpose()).matmul(b.clone().transpose()).mul_scalar(s);
+                let grads = (y.clone() * Tensor::from_data(data(&g, [m, n]), dev)).sum().backward();
+                [y.inner().into_data(), x.grad(&grads).unwrap().into_data(), a.grad(&grads).unwrap().into_data(), b.grad(&grads).unwrap().into_data()]
+            };
+            // bf16 (the fused kernel): the inputs', the decoded weight's and the output's
+            // rounding (2^-9 each) bound the error.
+            let runs: &[(DType, f64)] = if t.name == "cpu" { &[(DType::F32, 1e-5)] } else { &[(DType::F32, 1e-2), (DType::BF16, 2e-2)] };
+            for &(dtype, bound) in runs {
+                for (what, got, want) in ["y", "dx", "dA", "dB"].into_iter().zip(&ours(dtype)).zip(&want).map(|((w, g), e)| (w, g, e)) {
+                    let e = rel_l2(&common::values(got), &common::values(want));
+                    println!("{} {dtype:?}: {m} x {k} -> {n}, bias {with_bias}: {what} relative L2 {e:.2e} (bound {bound:.0e})", t.name);
+                    assert!(e.is_finite() && e <= bound, "{} {dtype:?}: {m} x {k} -> {n}: {what} relative L2 {e:e} > {bound:e} (seed {seed})", t.name);
+                }
+            }
+        }
+    }
+    on_every_backend!(run);
+}

@@ -382,7 +382,9 @@ pub fn gemm_into_with<R: CubeRuntime>(x: &CubeTensor<R>, w: &Nf4Device<R>, y: &C
     if w.k % BK64 == 0 && config.mma == GemmMma::Wide {
         let count = CubeCount::Static(w.n.div_ceil(BN) as u32, m.div_ceil(WIDE_ROWS) as u32, 1);
         let words = w.words_arg(WIDE_WORDS);
-        launch_nf4_gemm!(gemm_wide_kernel, NAME, x.dtype, client, count, CubeDim::new_1d(WIDE_THREADS as u32), WIDE_WORDS, x_arg, words, absmax, qcodes, w.lut_arg(), y_arg, offset, m, w.n, w.k, shift, double, false);
+        // The epilogue's arrays are never read (comptime off); X stands in for them.
+        let unused = || unsafe { ArrayArg::from_raw_parts(x.handle.clone(), 1) };
+        launch_nf4_gemm!(gemm_wide_kernel, NAME, x.dtype, client, count, CubeDim::new_1d(WIDE_THREADS as u32), WIDE_WORDS, x_arg, words, absmax, qcodes, w.lut_arg(), y_arg, unused(), unused(), unused(), offset, m, w.n, w.k, shift, 0usize, double, false, false, false);
         return Ok(());
     }
     if w.k % BK64 == 0 {

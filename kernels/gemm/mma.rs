@@ -140,3 +140,37 @@ pub(crate) fn store_mma_tile<F: Float>(acc: &Sequence<Array<Vector<f32, Const<1>
         }
     }
 }
+
+/// [`store_mma_tile`] adding `bias[col]` to each accumulator before the rounding to `F`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn store_mma_tile_biased<F: Float>(
+    acc: &Sequence<Array<Vector<f32, Const<1>>>>,
+    y: &mut Array<F>,
+    bias: &Array<F>,
+    row0: usize,
+    col0: usize,
+    rows: usize,
+    cols: usize,
+    lane: usize,
+    #[comptime] plane_cols: usize,
+) {
+    let blocks = comptime![plane_cols / 8];
+    let r = lane / 4;
+    let c = (lane % 4) * 2;
+    #[unroll]
+    for i in 0..4usize {
+        #[unroll]
+        for j in 0..blocks {
+            let a = acc.index(i * blocks + j);
+            #[unroll]
+            for e in 0..4usize {
+                let gr = row0 + i * 16 + r + comptime![(e / 2) * 8];
+                let gc = col0 + j * 8 + c + comptime![e % 2];
+                if gr < rows && gc < cols {
+                    y[gr * cols + gc] = F::cast_from(a[e][0] + f32::cast_from(bias[gc]));
+                }
+            }
+        }
+    }
+}

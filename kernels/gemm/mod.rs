@@ -5,6 +5,8 @@
 #[cfg(feature = "launch")]
 pub(crate) mod kernel;
 #[cfg(feature = "launch")]
+pub mod lora;
+#[cfg(feature = "launch")]
 pub(crate) mod mma;
 #[cfg(feature = "launch")]
 pub(crate) mod pipelined;
@@ -12,6 +14,8 @@ pub(crate) mod pipelined;
 pub(crate) mod wide;
 #[cfg(feature = "launch")]
 pub use kernel::{gemm, gemm_into, gemm_into_with, gemm_with, GemmConfig, GemmMma, GemmRows, GemmStages};
+#[cfg(feature = "launch")]
+pub use lora::{gemm_lora, gemm_lora_into, GemmEpilogue};
 
 #[cfg(test)]
 mod tests;

@@ -73,4 +73,48 @@ mod device {
         gemm_into(&xd, &dev, &y).unwrap();
         assert_close("gemm bf16 default M=300 N=1024 K=1024", &read_f32(&y), &reference, "GEMM_BF16_REL", GEMM_BF16_REL);
     }
+
+    /// The wide kernel closed by an adapter's up-projection and / or a bias against the dense
+    /// reference plus the same terms: ranks 64 and 128, partial tiles, both dtypes, the 7B
+    /// `q_proj` shape (bias and adapter); refusals of what the kernel does not take.
+    #[test]
+    fn lora_epilogue_matches_reference() {
+        use crate::gemm::lora::reference::add_lora_bias;
+        use crate::gemm::{gemm_lora, gemm_lora_into, GemmEpilogue};
+        let Some((client, device)) = cuda() else { return };
+        let mut rng = rng("gemm lora epilogue");
+        let map = synthetic_map();
+        let round = |v: Vec<f32>, dtype: DType| if dtype == DType::BF16 { round_bf16(&v) } else { v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect() };
+        let cases = [(2048, 512, 3584, 64, true, true), (rng.random_range(1..300), rng.random_range(1..300), 64 * rng.random_range(1..12), 128, true, false), (rng.random_range(1..300), rng.random_range(1..300), 192, 64, true, true), (300, 200, 128, 0, false, true)];
+        for (case, (m, n, k, rank, lora, biased)) in cases.into_iter().enumerate() {
+            let (dtype, name, bound) = if case % 2 == 0 { (DType::BF16, "GEMM_BF16_REL", GEMM_BF16_REL) } else { (DType::F16, "GEMM_F16_REL", GEMM_F16_REL) };
+            let w = random_nf4(&mut rng, n, k, 64, case % 2 == 0, &map);
+            let x = round(uniform(&mut rng, m * k, 1.0), dtype);
+            // The adapter's term of the same order as the base product's, so an error in it shows.
+            let h = round(uniform(&mut rng, m * rank, 1.0), dtype);
+            let b = round(uniform(&mut rng, n * rank, 0.5), dtype);
+            let bias = round(uniform(&mut rng, n, 2.0), dtype);
+            let mut want = matmul_t(&x, m, &w.view());
+            add_lora_bias(&mut want, m, n, lora.then_some((&h[..], &b[..], rank)), biased.then_some(&bias[..]));
+            let dev = Nf4Device::upload(&client, &device, &w.view(), &map);
+            let xd = upload_float(&client, &device, &x, vec![m, k], dtype);
+            let (hd, bd) = (upload_float(&client, &device, &h, vec![m, rank], dtype), upload_float(&client, &device, &b, vec![n, rank], dtype));
+            let biasd = upload_float(&client, &device, &bias, vec![n], dtype);
+            let epilogue = GemmEpilogue { lora: lora.then_some((&hd, &bd)), bias: biased.then_some(&biasd) };
+            let y = poisoned(&client, &device, vec![m, n], dtype);
+            gemm_lora_into(&xd, &dev, epilogue, &y).unwrap();
+            let what = format!("gemm + lora {dtype:?} M={m} N={n} K={k} rank={rank} lora={lora} bias={biased}");
+            assert_close(&what, &read_f32(&y), &want, name, bound);
+            assert!(gemm_lora(&xd, &dev, GemmEpilogue { lora: None, bias: None }).is_err(), "nothing to add");
+        }
+        let (m, n, k) = (40, 64, 128);
+        let w = random_nf4(&mut rng, n, k, 64, false, &map);
+        let dev = Nf4Device::upload(&client, &device, &w.view(), &map);
+        let xd = upload_float(&client, &device, &uniform(&mut rng, m * k, 1.0), vec![m, k], DType::BF16);
+        let h32 = upload_float(&client, &device, &uniform(&mut rng, m * 32, 1.0), vec![m, 32], DType::BF16);
+        let b32 = upload_float(&client, &device, &uniform(&mut rng, n * 32, 1.0), vec![n, 32], DType::BF16);
+        assert!(gemm_lora(&xd, &dev, GemmEpilogue { lora: Some((&h32, &b32)), bias: None }).is_err(), "rank 32");
+        let bias_f16 = upload_float(&client, &device, &uniform(&mut rng, n, 1.0), vec![n], DType::F16);
+        assert!(gemm_lora(&xd, &dev, GemmEpilogue { lora: None, bias: Some(&bias_f16) }).is_err(), "bias of another dtype");
+    }
 }

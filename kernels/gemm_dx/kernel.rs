@@ -173,7 +173,9 @@ pub fn gemm_dx_into_with<R: CubeRuntime>(dy: &CubeTensor<R>, w: &Nf4Device<R>, d
     if w.n % BK64 == 0 && w.k % 32 == 0 && config.mma == crate::gemm::GemmMma::Wide {
         let count = CubeCount::Static(w.k.div_ceil(BN) as u32, m.div_ceil(WIDE_ROWS) as u32, 1);
         let words = w.words_arg(WIDE_WORDS);
-        launch_nf4_gemm!(gemm_wide_kernel, NAME, dy.dtype, client, count, CubeDim::new_1d(WIDE_THREADS as u32), WIDE_WORDS, dy_arg, words, absmax, qcodes, w.lut_arg(), dx_arg, offset, m, w.n, w.k, shift, double, true);
+        // The forward's epilogue arrays are never read (comptime off); dY stands in for them.
+        let unused = || unsafe { ArrayArg::from_raw_parts(dy.handle.clone(), 1) };
+        launch_nf4_gemm!(gemm_wide_kernel, NAME, dy.dtype, client, count, CubeDim::new_1d(WIDE_THREADS as u32), WIDE_WORDS, dy_arg, words, absmax, qcodes, w.lut_arg(), dx_arg, unused(), unused(), unused(), offset, m, w.n, w.k, shift, 0usize, double, true, false, false);
         return Ok(());
     }
     if w.n % BK64 == 0 && w.k % 32 == 0 {

@@ -77,6 +77,18 @@ impl<B: Backend> LoraAdapter<B> {
         super::op::lora_branch(x, seed, self.lora_a.val(), self.lora_b.val(), self.scaling, self.dropout).reshape([b, s, out])
     }
 
+    /// The whole projection `base(x) + bias + adapter(x)` for a frozen NF4 base, `x: [batch,
+    /// seq, in] -> [batch, seq, out]`: one autodiff operation under training, and on CUDA one
+    /// NF4 product with the adapter's up-projection and the bias in its epilogue
+    /// ([`super::fused::nf4_lora_linear`]).
+    pub fn forward_nf4(&self, x: Tensor<B, 3>, w: &crate::model::nf4_weight::Nf4Weight<B>, bias: Option<Tensor<B, 1>>) -> Tensor<B, 3> {
+        let [b, s, k] = x.dims();
+        let out = self.lora_b.val().dims()[0];
+        let x = x.reshape([b * s, k]);
+        let seed = (self.training && self.dropout > 0.0).then(|| super::dropout::draw_seed::<B>(&x.device()));
+        super::fused::nf4_lora_linear(x, w, bias, seed, self.lora_a.val(), self.lora_b.val(), self.scaling, self.dropout).reshape([b, s, out])
+    }
+
     /// Turns input dropout on (training) or off (evaluation, generation).
     pub fn set_training(&mut self, training: bool) {
         self.training = training;

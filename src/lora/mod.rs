@@ -1,6 +1,7 @@
 //! LoRA adapters with PEFT semantics (targeting, initialization, scaling).
 
 pub mod dropout;
+pub mod fused;
 pub mod layer;
 pub mod op;
 pub mod peft_io;

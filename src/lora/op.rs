@@ -18,7 +18,7 @@
 
 use crate::model::autodiff_op::{cast, float, on_training_backend, prim, TrainingOp};
 use crate::model::linear::{copies_strided_operands, matmul_weight_t};
-use crate::model::split_k::{split_k_parts, sum_parts};
+use crate::model::split_k::{split_k_parts, split_operand, sum_parts};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::{CheckpointStrategy, NoCheckpointing};
 use burn::backend::autodiff::grads::Gradients;
@@ -35,13 +35,13 @@ const GPU_MIN_SLICE: usize = 256;
 
 /// The branch's constants and how its reductions are cut.
 #[derive(Debug, Clone, Copy)]
-struct Branch {
+pub(super) struct Branch {
     /// `alpha / r` (or rsLoRA's).
-    scaling: f64,
+    pub(super) scaling: f64,
     /// Dropout probability (used only with a seed).
-    dropout: f64,
+    pub(super) dropout: f64,
     /// Shortest slice of a cut reduction; 0 cuts nothing.
-    min_slice: usize,
+    pub(super) min_slice: usize,
 }
 
 impl Branch {
@@ -76,7 +76,7 @@ impl Branch {
         let [m, k] = x.dims();
         match self.k_parts(m, k) {
             1 => scaled(matmul_weight_t(x, w), scale),
-            p => Self::sliced_xwt(x.reshape([m, p, k / p]).swap_dims(0, 1), w, scale),
+            p => Self::sliced_xwt(split_operand(x, p), w, scale),
         }
     }
 
@@ -117,12 +117,25 @@ impl Branch {
     /// rank-wide `h` rather than on the `[m, out]` product: one pass over `m x r` elements
     /// instead of `m x out` (`gate_proj`'s `out` is 18,944), folded into the split sum.
     #[allow(clippy::type_complexity)]
-    fn forward<B: Backend>(&self, x: Tensor<B, 2>, seed: Option<&Tensor<B, 1, Int>>, a: Tensor<B, 2>, b: Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
+    pub(super) fn forward<B: Backend>(&self, x: Tensor<B, 2>, seed: Option<&Tensor<B, 1, Int>>, a: Tensor<B, 2>, b: Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
+        let (sh, a, b) = self.down(x, seed, a, b);
+        let y = matmul_weight_t(sh.clone(), b.clone());
+        (sh, y, a, b)
+    }
+
+    /// `(sh, a, b)` of [`Self::forward`] without the up-projection (which the fused NF4
+    /// product takes, [`super::fused`]).
+    #[allow(clippy::type_complexity)]
+    pub(super) fn down<B: Backend>(&self, x: Tensor<B, 2>, seed: Option<&Tensor<B, 1, Int>>, a: Tensor<B, 2>, b: Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
         let dtype = x.dtype();
         let (a, b) = (a.cast(dtype), b.cast(dtype));
         let sh = self.dropped_xat(x, seed, a.clone(), self.scaling);
-        let y = matmul_weight_t(sh.clone(), b.clone());
-        (sh, y, a, b)
+        (sh, a, b)
+    }
+
+    /// The branch for backend `B`: reductions cut on the GPU, not on the CPU.
+    pub(super) fn on<B: Backend>(scaling: f64, dropout: f64) -> Self {
+        Branch { scaling, dropout, min_slice: if copies_strided_operands::<B>() { 0 } else { GPU_MIN_SLICE } }
     }
 }
 
@@ -137,7 +150,7 @@ fn scaled<B: Backend>(x: Tensor<B, 2>, scale: f64) -> Tensor<B, 2> {
 /// the training autodiff backends it is one operation whose gradients for `a` and `b` come out
 /// in f32; elsewhere the same products without a tape.
 pub fn lora_branch<B: Backend>(x: Tensor<B, 2>, seed: Option<Tensor<B, 1, Int>>, a: Tensor<B, 2>, b: Tensor<B, 2>, scaling: f64, dropout: f64) -> Tensor<B, 2> {
-    let branch = Branch { scaling, dropout, min_slice: if copies_strided_operands::<B>() { 0 } else { GPU_MIN_SLICE } };
+    let branch = Branch::on::<B>(scaling, dropout);
     match on_training_backend(&LoraOp::<B>(branch, PhantomData), (x, seed, a, b)) {
         Ok(y) => y,
         Err((x, seed, a, b)) => branch.forward(x, seed.as_ref(), a, b).1,
@@ -172,12 +185,12 @@ impl<B: Backend> TrainingOp for LoraOp<B> {
 /// What the backward keeps: the input, the mask's seed, `s h` and the two weights in the
 /// compute dtype (cast once in the forward, not again in the backward).
 #[derive(Debug, Clone)]
-struct Saved<B: Backend> {
-    x: FloatTensor<B>,
-    seed: Option<IntTensor<B>>,
-    sh: FloatTensor<B>,
-    a: FloatTensor<B>,
-    b: FloatTensor<B>,
+pub(super) struct Saved<B: Backend> {
+    pub(super) x: FloatTensor<B>,
+    pub(super) seed: Option<IntTensor<B>>,
+    pub(super) sh: FloatTensor<B>,
+    pub(super) a: FloatTensor<B>,
+    pub(super) b: FloatTensor<B>,
 }
 
 #[derive(Debug)]
@@ -189,24 +202,29 @@ impl<B: Backend> Backward<B, 3> for LoraBackward {
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let [node_x, node_a, node_b] = ops.parents;
-        let br = self.0;
         let g = float::<B, 2>(grads.consume::<B>(&ops.node));
-        let Saved { x, seed, sh, a, b } = ops.state;
+        let want = [node_x.is_some(), node_a.is_some(), node_b.is_some()];
+        for (node, grad) in [node_x, node_a, node_b].into_iter().zip(self.0.grads(g, ops.state, want)) {
+            if let (Some(node), Some(grad)) = (node, grad) {
+                grads.register::<B>(node.id, prim(grad));
+            }
+        }
+    }
+}
+
+impl Branch {
+    /// The branch's gradients `[dx, dA, dB]` for the output gradient `g [m, out]` (those
+    /// `want`ed; `dA`, `dB` in f32).
+    pub(super) fn grads<B: Backend>(&self, g: Tensor<B, 2>, saved: Saved<B>, want: [bool; 3]) -> [Option<Tensor<B, 2>>; 3] {
+        let Saved { x, seed, sh, a, b } = saved;
         let seed = seed.map(Tensor::<B, 1, Int>::from_primitive);
         // d(s h B^T)/dh = s g B: g [m, out] times B [out, r], the reduction over out cut.
-        let dh = br.xwt(g.clone(), float::<B, 2>(b).transpose(), br.scaling);
-        if let Some(node) = node_b {
-            // d(sh B^T)/dB = g^T (s h).
-            grads.register::<B>(node.id, prim(br.atb(g, float::<B, 2>(sh))));
-        }
-        if let Some(node) = node_a {
-            let xd = br.dropped(float::<B, 2>(x.clone()), seed.as_ref());
-            grads.register::<B>(node.id, prim(br.atb(dh.clone(), xd)));
-        }
-        if let Some(node) = node_x {
-            let dxd = dh.matmul(float::<B, 2>(a));
-            grads.register::<B>(node.id, prim(br.dropped(dxd, seed.as_ref())));
-        }
+        let dh = self.xwt(g.clone(), float::<B, 2>(b).transpose(), self.scaling);
+        // d(sh B^T)/dB = g^T (s h).
+        let db = want[2].then(|| self.atb(g, float::<B, 2>(sh)));
+        let da = want[1].then(|| self.atb(dh.clone(), self.dropped(float::<B, 2>(x.clone()), seed.as_ref())));
+        let dx = want[0].then(|| self.dropped(dh.matmul(float::<B, 2>(a)), seed.as_ref()));
+        [dx, da, db]
     }
 }
 

@@ -85,6 +85,9 @@ impl<B: Backend> Linear<B> {
 
     /// `x: [batch, seq, in] -> [batch, seq, out]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        if let (LinearWeight::Nf4(w), Some(lora)) = (&self.weight, &self.lora) {
+            return lora.forward_nf4(x, w, self.bias.as_ref().map(|b| b.val()));
+        }
         let [b, s, k] = x.dims();
         let [n, _] = self.dims();
         let x2 = x.clone().reshape([b * s, k]);

@@ -8,6 +8,7 @@
 //! Products go through [`Nf4Weight::matmul_t`]: on CUDA (and under autodiff on CUDA) the
 //! `medqlora-kernels` kernels via [`ops::Nf4Backend`]; elsewhere this reference.
 
+pub mod any;
 pub mod ops;
 
 use crate::quant::dynamic_map::DYNAMIC_MAP_SIGNED;

@@ -162,13 +162,13 @@ pub fn reference_dense<B: Backend>(w: &Nf4Prims<B>, like: burn::tensor::DType) -
     weight.dequantize_reference()
 }
 
-fn reference_matmul_t<B: Backend>(x: FloatTensor<B>, w: Nf4Prims<B>) -> FloatTensor<B> {
+pub(super) fn reference_matmul_t<B: Backend>(x: FloatTensor<B>, w: Nf4Prims<B>) -> FloatTensor<B> {
     let x: Tensor<B, 2> = float(x);
     let dense = reference_dense(&w, x.dtype());
     crate::model::linear::matmul_weight_t(x, dense).into_primitive().tensor()
 }
 
-fn reference_matmul_dx<B: Backend>(dy: FloatTensor<B>, w: Nf4Prims<B>) -> FloatTensor<B> {
+pub(super) fn reference_matmul_dx<B: Backend>(dy: FloatTensor<B>, w: Nf4Prims<B>) -> FloatTensor<B> {
     let dy: Tensor<B, 2> = float(dy);
     let dense = reference_dense(&w, dy.dtype());
     dy.matmul(dense).into_primitive().tensor()
@@ -183,8 +183,9 @@ impl Nf4Backend for burn::backend::NdArray<f32> {
     }
 }
 
-impl<B: Nf4Backend, C: CheckpointStrategy> Nf4Prims<Autodiff<B, C>> {
-    fn inner(self) -> Nf4Prims<B> {
+impl<B: Backend, C: CheckpointStrategy> Nf4Prims<Autodiff<B, C>> {
+    /// The same weight on the inner backend (the float primitives unwrapped).
+    pub(crate) fn inner(self) -> Nf4Prims<B> {
         let scales = match self.scales {
             ScalesPrim::F32(a) => ScalesPrim::F32(a.primitive),
             ScalesPrim::Double { codes, nested, offset } => ScalesPrim::Double { codes, nested: nested.primitive, offset },
@@ -224,6 +225,9 @@ impl<B: Nf4Backend, C: CheckpointStrategy> Nf4Backend for Autodiff<B, C> {
 }
 
 #[cfg(feature = "cuda")]
+pub(super) use cube::device;
+
+#[cfg(feature = "cuda")]
 mod cube {
     use super::{nf4_product, reference_matmul_dx, reference_matmul_t, Nf4Backend, Nf4Prims, Nf4Product, ScalesPrim};
     use burn::tensor::ops::FloatTensor;
@@ -234,7 +238,7 @@ mod cube {
     use medqlora_kernels::device::{Nf4Device, ScalesDevice};
     use medqlora_kernels::{dequant, gemm, gemm_dx, gemv};
 
-    fn device<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(w: &Nf4Prims<CubeBackend<R, F, I, BT>>) -> Nf4Device<R> {
+    pub(crate) fn device<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(w: &Nf4Prims<CubeBackend<R, F, I, BT>>) -> Nf4Device<R> {
         let scales = match &w.scales {
             ScalesPrim::F32(a) => ScalesDevice::F32(into_contiguous(a.clone())),
             ScalesPrim::Double { codes, nested, offset } => {

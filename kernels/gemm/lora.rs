@@ -1,0 +1,117 @@
+//! The forward NF4 product closed by a LoRA adapter's up-projection and a bias in the same
+//! launch: `Y = X W^T + H B^T + bias` on the wide kernel ([`super::wide`], its `lora` and
+//! `biased` epilogue). The reference is the dense product plus the same two terms
+//! ([`crate::gemv::reference::matmul_t`], [`reference`]).
+
+use super::kernel::{launch_nf4_gemm, BN};
+use super::pipelined::BK64;
+use super::wide::{gemm_wide_kernel, WIDE_ROWS, WIDE_THREADS, WIDE_WORDS};
+use crate::device::{check_operand, empty, KernelError, Nf4Device};
+use burn_backend::DType;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::CubeRuntime;
+use cubecl::prelude::*;
+
+const NAME: &str = "nf4 gemm + lora";
+
+/// What closes the product: the adapter's `h [M, rank]` (its down-projection, scaled) and `B
+/// [N, rank]`, both in `X`'s dtype, `rank` a multiple of 64; and a bias `[N]` in `X`'s dtype.
+/// Either may be absent (not both: that is [`super::gemm_with`]).
+#[derive(Clone, Copy)]
+pub struct GemmEpilogue<'a, R: CubeRuntime> {
+    /// `(h, B)`.
+    pub lora: Option<(&'a CubeTensor<R>, &'a CubeTensor<R>)>,
+    /// `[N]`.
+    pub bias: Option<&'a CubeTensor<R>>,
+}
+
+/// `Y[M, N] = X W^T + h B^T + bias` (the epilogue's terms that are present) as a new `[M, N]`
+/// tensor of `X`'s dtype. `X` contiguous bf16/f16 with `K % 64 == 0`; anything the kernel
+/// does not take is an error (the caller runs the separate launches).
+pub fn gemm_lora<R: CubeRuntime>(x: &CubeTensor<R>, w: &Nf4Device<R>, epilogue: GemmEpilogue<'_, R>) -> Result<CubeTensor<R>, KernelError> {
+    let m = check_operand(NAME, x, None, w.k)?;
+    let y = empty(x, vec![m, w.n], x.dtype);
+    gemm_lora_into(x, w, epilogue, &y)?;
+    Ok(y)
+}
+
+/// [`gemm_lora`] into a given contiguous `[M, N]` output (tests pass a poisoned one).
+pub fn gemm_lora_into<R: CubeRuntime>(x: &CubeTensor<R>, w: &Nf4Device<R>, epilogue: GemmEpilogue<'_, R>, y: &CubeTensor<R>) -> Result<(), KernelError> {
+    let shift = w.check(NAME)?;
+    let m = check_operand(NAME, x, None, w.k)?;
+    check_operand(NAME, y, Some(m), w.n)?;
+    let bad = |what: String| Err(KernelError::Shape { kernel: NAME, what });
+    if !matches!(x.dtype, DType::BF16 | DType::F16) {
+        return Err(KernelError::Dtype { kernel: NAME, dtype: x.dtype });
+    }
+    if w.k % BK64 != 0 {
+        return bad(format!("K = {} is not a multiple of {BK64}", w.k));
+    }
+    let GemmEpilogue { lora, bias } = epilogue;
+    if lora.is_none() && bias.is_none() {
+        return bad("neither an adapter nor a bias to add".into());
+    }
+    let aligned = |t: &CubeTensor<R>| t.handle.offset_start.unwrap_or(0) % 16 == 0;
+    let rank = match lora {
+        Some((h, b)) => {
+            let rank = h.meta.shape().iter().last().copied().unwrap_or(0);
+            check_operand(NAME, h, Some(m), rank)?;
+            check_operand(NAME, b, Some(w.n), rank)?;
+            if rank == 0 || rank % BK64 != 0 {
+                return bad(format!("rank {rank} is not a multiple of {BK64}"));
+            }
+            if !aligned(h) || !aligned(b) {
+                return bad("h or B does not start on 16 bytes".into());
+            }
+            rank
+        }
+        None => 0,
+    };
+    if let Some(bias) = bias {
+        let dims: Vec<usize> = bias.meta.shape().iter().copied().collect();
+        if dims != [w.n] || !bias.is_contiguous() {
+            return bad(format!("bias {dims:?} is not a contiguous [{}]", w.n));
+        }
+    }
+    for (what, t) in [("h", lora.map(|l| l.0)), ("B", lora.map(|l| l.1)), ("bias", bias), ("Y", Some(y))] {
+        if t.is_some_and(|t| t.dtype != x.dtype) {
+            return bad(format!("{what} is not {:?} as X is", x.dtype));
+        }
+    }
+    let client = w.client();
+    let (absmax, qcodes, offset, double) = w.scale_args();
+    let arg = |t: &CubeTensor<R>, len: usize| unsafe { ArrayArg::from_raw_parts(t.handle.clone(), len) };
+    // Absent terms are never read (comptime off); X stands in for their arrays.
+    let (h_arg, b_arg) = match lora {
+        Some((h, b)) => (arg(h, m * rank / 8), arg(b, w.n * rank / 8)),
+        None => (arg(x, 1), arg(x, 1)),
+    };
+    let bias_arg = bias.map_or_else(|| arg(x, 1), |b| arg(b, w.n));
+    let count = CubeCount::Static(w.n.div_ceil(BN) as u32, m.div_ceil(WIDE_ROWS) as u32, 1);
+    let words = w.words_arg(WIDE_WORDS);
+    #[rustfmt::skip]
+    launch_nf4_gemm!(gemm_wide_kernel, NAME, x.dtype, client, count, CubeDim::new_1d(WIDE_THREADS as u32), WIDE_WORDS,
+        arg(x, m * w.k / 8), words, absmax, qcodes, w.lut_arg(), arg(y, m * w.n), h_arg, b_arg, bias_arg,
+        offset, m, w.n, w.k, shift, rank, double, false, lora.is_some(), bias.is_some());
+    Ok(())
+}
+
+/// Plain CPU reference of the epilogue's terms.
+pub mod reference {
+    /// `y[i, j] += sum_r h[i, r] b[j, r] + bias[j]` for `y [m, n]`, `h [m, rank]`, `b [n,
+    /// rank]` (f64 sums).
+    pub fn add_lora_bias(y: &mut [f32], m: usize, n: usize, lora: Option<(&[f32], &[f32], usize)>, bias: Option<&[f32]>) {
+        for i in 0..m {
+            for j in 0..n {
+                let mut v = y[i * n + j] as f64;
+                if let Some((h, b, rank)) = lora {
+                    v += (0..rank).map(|r| h[i * rank + r] as f64 * b[j * rank + r] as f64).sum::<f64>();
+                }
+                if let Some(bias) = bias {
+                    v += bias[j] as f64;
+                }
+                y[i * n + j] = v as f32;
+            }
+        }
+    }
+}
