@@ -163,7 +163,10 @@ pub fn variants<R: Runtime>(client: &ComputeClient<R>) -> Vec<Variant> {
             for config in gemm::GemmConfig::ALL {
                 let (rows, wvec, mma, stages, name) = pipelined(config);
                 if config.mma == gemm::GemmMma::Wide {
-                    out.push(variant(format!("gemm_dx64 {name} {t}{dq}"), gemm::wide::gemm_wide_kernel::GemmWideKernel::<F, R>::new(settings(gemm::wide::WIDE_THREADS as u32), c(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), (), gemm::wide::WIDE_WORDS, double, true, false, false)));
+                    for added in [false, true] {
+                        let ext = if added { " + addend" } else { "" };
+                        out.push(variant(format!("gemm_dx64 {name} {t}{dq}{ext}"), gemm::wide::gemm_wide_kernel::GemmWideKernel::<F, R>::new(settings(gemm::wide::WIDE_THREADS as u32), c(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), (), gemm::wide::WIDE_WORDS, double, true, false, added)));
+                    }
                     continue;
                 }
                 out.push(variant(format!("gemm_dx64 {name} {t}{dq}"), gemm_dx::pipelined::gemm_dx64_kernel::GemmDx64Kernel::<F, R>::new(settings(2 * rows as u32), c(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), wvec, double, rows, mma, stages)));

@@ -1,7 +1,8 @@
-//! The forward NF4 product closed by a LoRA adapter's up-projection and a bias in the same
-//! launch: `Y = X W^T + H B^T + bias` on the wide kernel ([`super::wide`], its `lora` and
-//! `biased` epilogue). The reference is the dense product plus the same two terms
-//! ([`crate::gemv::reference::matmul_t`], [`reference`]).
+//! The NF4 products of a QLoRA projection closed in the same launch by what the adapter adds:
+//! the forward `Y = X W^T + H B^T + bias` and the backward `dX = dY W + D` (`D` the adapter's
+//! input gradient) on the wide kernel ([`super::wide`], its `lora` and `added` epilogues). The
+//! references are the dense products plus the same terms ([`crate::gemv::reference::matmul_t`],
+//! [`crate::gemm_dx::reference`], [`reference`]).
 
 use super::kernel::{launch_nf4_gemm, BN};
 use super::pipelined::BK64;
@@ -93,6 +94,44 @@ pub fn gemm_lora_into<R: CubeRuntime>(x: &CubeTensor<R>, w: &Nf4Device<R>, epilo
     launch_nf4_gemm!(gemm_wide_kernel, NAME, x.dtype, client, count, CubeDim::new_1d(WIDE_THREADS as u32), WIDE_WORDS,
         arg(x, m * w.k / 8), words, absmax, qcodes, w.lut_arg(), arg(y, m * w.n), h_arg, b_arg, bias_arg,
         offset, m, w.n, w.k, shift, rank, double, false, lora.is_some(), bias.is_some());
+    Ok(())
+}
+
+/// `dX[M, K] = dY[M, N] W + addend` as a new tensor of `dY`'s dtype: `dY` contiguous bf16/f16,
+/// `N % 64 == 0`, `K % 32 == 0`, `addend` a contiguous `[M, K]` of `dY`'s dtype; anything else
+/// is an error (the caller adds in a pass of its own).
+pub fn gemm_dx_add<R: CubeRuntime>(dy: &CubeTensor<R>, w: &Nf4Device<R>, addend: &CubeTensor<R>) -> Result<CubeTensor<R>, KernelError> {
+    let m = check_operand(DX_NAME, dy, None, w.n)?;
+    let dx = empty(dy, vec![m, w.k], dy.dtype);
+    gemm_dx_add_into(dy, w, addend, &dx)?;
+    Ok(dx)
+}
+
+const DX_NAME: &str = "nf4 gemm dx + addend";
+
+/// [`gemm_dx_add`] into a given contiguous `[M, K]` output (tests pass a poisoned one).
+pub fn gemm_dx_add_into<R: CubeRuntime>(dy: &CubeTensor<R>, w: &Nf4Device<R>, addend: &CubeTensor<R>, dx: &CubeTensor<R>) -> Result<(), KernelError> {
+    const NAME: &str = DX_NAME;
+    let shift = w.check(NAME)?;
+    let m = check_operand(NAME, dy, None, w.n)?;
+    check_operand(NAME, addend, Some(m), w.k)?;
+    check_operand(NAME, dx, Some(m), w.k)?;
+    if !matches!(dy.dtype, DType::BF16 | DType::F16) || addend.dtype != dy.dtype || dx.dtype != dy.dtype {
+        return Err(KernelError::Dtype { kernel: NAME, dtype: addend.dtype });
+    }
+    if w.n % BK64 != 0 || w.k % 32 != 0 {
+        return Err(KernelError::Shape { kernel: NAME, what: format!("N = {} or K = {} is not a multiple of {BK64} / 32", w.n, w.k) });
+    }
+    let client = w.client();
+    let (absmax, qcodes, offset, double) = w.scale_args();
+    let arg = |t: &CubeTensor<R>, len: usize| unsafe { ArrayArg::from_raw_parts(t.handle.clone(), len) };
+    let count = CubeCount::Static(w.k.div_ceil(BN) as u32, m.div_ceil(WIDE_ROWS) as u32, 1);
+    let words = w.words_arg(WIDE_WORDS);
+    // The forward's adapter arrays are never read (comptime off); dY stands in for them.
+    #[rustfmt::skip]
+    launch_nf4_gemm!(gemm_wide_kernel, NAME, dy.dtype, client, count, CubeDim::new_1d(WIDE_THREADS as u32), WIDE_WORDS,
+        arg(dy, m * w.n / 8), words, absmax, qcodes, w.lut_arg(), arg(dx, m * w.k), arg(dy, 1), arg(dy, 1), arg(addend, m * w.k),
+        offset, m, w.n, w.k, shift, 0usize, double, true, false, true);
     Ok(())
 }
 

@@ -141,19 +141,21 @@ pub(crate) fn store_mma_tile<F: Float>(acc: &Sequence<Array<Vector<f32, Const<1>
     }
 }
 
-/// [`store_mma_tile`] adding `bias[col]` to each accumulator before the rounding to `F`.
+/// [`store_mma_tile`] adding a term to each accumulator before the rounding to `F`:
+/// `add[row, col]` of a `[rows, cols]` matrix (`matrix`), else `add[col]` (a bias).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn store_mma_tile_biased<F: Float>(
+pub(crate) fn store_mma_tile_plus<F: Float>(
     acc: &Sequence<Array<Vector<f32, Const<1>>>>,
     y: &mut Array<F>,
-    bias: &Array<F>,
+    add: &Array<F>,
     row0: usize,
     col0: usize,
     rows: usize,
     cols: usize,
     lane: usize,
     #[comptime] plane_cols: usize,
+    #[comptime] matrix: bool,
 ) {
     let blocks = comptime![plane_cols / 8];
     let r = lane / 4;
@@ -168,7 +170,8 @@ pub(crate) fn store_mma_tile_biased<F: Float>(
                 let gr = row0 + i * 16 + r + comptime![(e / 2) * 8];
                 let gc = col0 + j * 8 + c + comptime![e % 2];
                 if gr < rows && gc < cols {
-                    y[gr * cols + gc] = F::cast_from(a[e][0] + f32::cast_from(bias[gc]));
+                    let at = if comptime![matrix] { gr * cols + gc } else { gc };
+                    y[gr * cols + gc] = F::cast_from(a[e][0] + f32::cast_from(add[at]));
                 }
             }
         }

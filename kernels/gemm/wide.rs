@@ -19,13 +19,14 @@
 //!   the step's closing barrier (an `mbarrier` that also waits for every thread's copies)
 //!   makes it visible. `W` still travels through registers: its codes are decoded on the way.
 //!
-//! The forward can close with a LoRA adapter's up-projection and a bias (`lora`, `biased`):
+//! The forward can close with a LoRA adapter's up-projection and a bias (`lora`, `added`):
 //! `Y = X W^T + H B^T + b`, `H [M, rank]` the adapter's scaled down-projection and `B [N,
 //! rank]` in the activations' dtype, taken as `rank / 64` more steps of the reduction whose
 //! tiles are copied instead of decoded, and `b` added to the f32 accumulators before the one
 //! rounding. As separate launches that was a skinny product writing `[M, N]` and one or two
 //! element-wise passes over it (for `gate_proj` at 2,048 tokens, 74 us each, twice per layer
-//! and step on an H100).
+//! and step on an H100). `dX` can close with a whole added term (`added`: the adapter's
+//! input gradient, which the backward otherwise added in a pass of its own).
 //!
 //! Per step `kt` (forward names): issue the copies of `X[kt + 1]`, run the products on set
 //! `kt % 2` in four 16-wide slices with one word of `W[kt + 1]` (loaded in step `kt - 1`)
@@ -34,7 +35,7 @@
 //! before that step's barrier, so both writes are safe.
 
 use super::kernel::BN;
-use super::mma::{mma_products_k16, store_mma_tile, store_mma_tile_biased, zero_mma_accumulators};
+use super::mma::{mma_products_k16, store_mma_tile, store_mma_tile_plus, zero_mma_accumulators};
 use super::pipelined::{decode_word, decode_words, BK64, LDV64};
 use crate::gemm_dx::pipelined::LDBV;
 use crate::device::{finish_scale, load_scale_parts};
@@ -107,7 +108,7 @@ pub(crate) fn gemm_wide_kernel<F: Float, W: Size>(
     out: &mut Array<F>,
     lora_h: &Array<Vector<F, Const<8>>>,
     lora_b: &Array<Vector<F, Const<8>>>,
-    bias: &Array<F>,
+    addend: &Array<F>,
     offset: f32,
     m_rows: usize,
     n: usize,
@@ -117,7 +118,7 @@ pub(crate) fn gemm_wide_kernel<F: Float, W: Size>(
     #[comptime] double: bool,
     #[comptime] dx: bool,
     #[comptime] lora: bool,
-    #[comptime] biased: bool,
+    #[comptime] added: bool,
 ) {
     let codes = 8 * W::value();
     // Loader threads per tile row of `W`: a forward row is one 64-wide step of `K`, a dX row
@@ -244,8 +245,9 @@ pub(crate) fn gemm_wide_kernel<F: Float, W: Size>(
             sync_cube();
         }
     }
-    if comptime![biased] {
-        store_mma_tile_biased::<F>(&macc, out, bias, m0 + wm * 64, c0 + wn * WIDE_COLS, m_rows, cols, lane, WIDE_COLS);
+    if comptime![added] {
+        // The forward adds a bias `[N]` to every row, `dX` a whole `[M, K]` term.
+        store_mma_tile_plus::<F>(&macc, out, addend, m0 + wm * 64, c0 + wn * WIDE_COLS, m_rows, cols, lane, WIDE_COLS, dx);
     } else {
         store_mma_tile::<F>(&macc, out, m0 + wm * 64, c0 + wn * WIDE_COLS, m_rows, cols, lane, WIDE_COLS);
     }

@@ -8,7 +8,7 @@ use crate::lora::LoraSpec;
 use crate::train::batches::Batch;
 use crate::train::optim::{clip_global_norm, AdamW, AdamWConfig, NamedTensors};
 use crate::train::run::load_into_model;
-use crate::train::step::{forward_backward, forward_backward_observed, trainable, Phase};
+use crate::train::step::{forward_backward_chunked, forward_backward_observed, trainable, Phase};
 use burn::tensor::backend::AutodiffBackend;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -42,6 +42,10 @@ pub struct BenchTrainArgs {
     /// memory there (checkpointed path only; the synchronizations cost a little throughput).
     #[arg(long)]
     pub profile: bool,
+    /// Scored rows per chunk of the vocabulary head's loss and gradient (checkpointed path;
+    /// training uses the default).
+    #[arg(long, default_value_t = std::num::NonZeroUsize::new(crate::train::step::HEAD_CHUNK_ROWS).expect("a positive constant"))]
+    pub head_chunk_rows: std::num::NonZeroUsize,
     /// Base weight format.
     #[arg(long, value_enum, default_value = "nf4")]
     pub quantize: QuantizeFlag,
@@ -125,9 +129,9 @@ impl AutodiffTask for Task {
                     let _ = B::sync(&device);
                     timeline.mark(p, issued);
                 };
-                forward_backward_observed(&model, &batch, scale, !a.no_checkpointing, step as u64, &mut observe, &mut grads)
+                forward_backward_observed(&model, &batch, scale, !a.no_checkpointing, step as u64, a.head_chunk_rows.get(), &mut observe, &mut grads)
             } else {
-                forward_backward(&model, &batch, scale, !a.no_checkpointing, step as u64, &mut grads)
+                forward_backward_chunked(&model, &batch, scale, !a.no_checkpointing, step as u64, a.head_chunk_rows.get(), &mut grads)
             };
             let after_backward = crate::gpu_runtime::memory(a.device.device);
             // The norm is read back, so every gradient exists when it returns.

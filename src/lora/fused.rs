@@ -9,7 +9,8 @@
 //! forward and again in the recompute (~0.44 ms of a 7B layer's ~6.4 ms forward, H100 profile
 //! of 2026-12-06). The kernel takes `sh B^T` as `rank / 64` more steps of its reduction and
 //! adds the bias before its one rounding. The backward is the adapter's ([`super::op`]) plus
-//! the frozen product's `dY W`, summed.
+//! the frozen product's `dY W`, the sum taken in that product's epilogue (one more pass over
+//! `[m, in]` saved per projection).
 //!
 //! Where the kernel does not take the operands (the CPU, f32, decoding's few rows, a rank
 //! that is not a multiple of 64) the same operation computes the separate products, so the
@@ -120,9 +121,9 @@ impl<B: Backend> Backward<B, 3> for FusedBackward {
         let [node_x, node_a, node_b] = ops.parents;
         let g = float::<B, 2>(grads.consume::<B>(&ops.node));
         let FusedSaved { lora, w } = ops.state;
-        let frozen_dx = node_x.is_some().then(|| any::matmul_dx(g.clone(), &w));
-        let [dx, da, db] = self.0.grads(g, lora, [node_x.is_some(), node_a.is_some(), node_b.is_some()]);
-        let dx = dx.zip(frozen_dx).map(|(lora, frozen)| frozen + lora);
+        let [dx, da, db] = self.0.grads(g.clone(), lora, [node_x.is_some(), node_a.is_some(), node_b.is_some()]);
+        // dY W and the adapter's input gradient, summed in the product's epilogue on CUDA.
+        let dx = dx.map(|lora| any::matmul_dx_add(g, &w, lora));
         for (node, grad) in [node_x, node_a, node_b].into_iter().zip([dx, da, db]) {
             if let (Some(node), Some(grad)) = (node, grad) {
                 grads.register::<B>(node.id, prim(grad));

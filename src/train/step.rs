@@ -6,6 +6,8 @@
 //! exactly one hidden state per layer: a forward without autodiff stores each layer's input;
 //! the backward then walks the layers in reverse, recomputes one layer under autodiff, and
 //! pulls the input gradient through it (`d/dx sum(layer(x) * g)` = the vector-Jacobian product).
+//! The last layer is the exception: its one forward runs under autodiff and its tape is kept
+//! through the head, so it is not computed twice.
 //! The head computes the loss only on scored (assistant) rows, and with checkpointing it does
 //! so `HEAD_CHUNK_ROWS` rows at a time, each chunk's forward and backward before the next: the
 //! `[rows, vocab]` logits and their gradient are the largest tensors of a step (vocabulary
@@ -169,7 +171,7 @@ pub enum Phase {
     Layer(usize),
 }
 
-/// [`forward_backward`] calling `observe` after each [`Phase`] of the checkpointed path
+/// [`forward_backward_chunked`] calling `observe` after each [`Phase`] of the checkpointed path
 /// (`bench train --profile` synchronizes there and reads the time and the device memory).
 pub fn forward_backward_observed<B: AutodiffBackend>(
     model: &Qwen2ForCausalLM<B>,
@@ -177,10 +179,11 @@ pub fn forward_backward_observed<B: AutodiffBackend>(
     scale: f64,
     checkpointing: bool,
     seed: u64,
+    head_chunk_rows: usize,
     observe: &mut (dyn FnMut(Phase) + Send),
     grads: &mut NamedTensors<B::InnerBackend>,
 ) -> MicroLoss {
-    MicroStep { model, batch, scale, checkpointing, seed, head_chunk_rows: HEAD_CHUNK_ROWS }.run(observe, grads)
+    MicroStep { model, batch, scale, checkpointing, seed, head_chunk_rows }.run(observe, grads)
 }
 
 /// Everything one micro-step computes on, apart from its observer and gradient sink.
@@ -247,14 +250,25 @@ impl<B: AutodiffBackend> MicroStep<'_, B> {
         let (icos, isin) = inner.model.rotary.cos_sin::<B::InnerBackend>(&positions, &device);
         let imask = causal_mask::<B::InnerBackend>(batch.seq, 0, &device);
         let iinputs = crate::model::attention::AttentionInputs { cos: &icos, sin: &isin, mask: &imask, causal_only: true };
-        let mut saved = Vec::with_capacity(inner.model.layers.len());
+        let layers = inner.model.layers.len();
+        let mut saved = Vec::with_capacity(layers);
         let mut x = embed_batch(&inner, batch, &device);
-        for (i, layer) in inner.model.layers.iter().enumerate() {
+        for (i, layer) in inner.model.layers.iter().enumerate().take(layers.saturating_sub(1)) {
             saved.push(x.clone());
             B::InnerBackend::seed(&device, layer_seed(seed, i));
             x = layer.forward(x, &iinputs, None);
         }
         drop(inner);
+        // The last layer runs once, under autodiff: its tape waits through the head (whose
+        // chunks need less memory than a recomputed layer's backward) instead of being
+        // recomputed right after it, which saves one layer's forward per step.
+        let mut last = model.model.layers.last().map(|layer| {
+            let xl = Tensor::<B, 3>::from_inner(x.clone()).require_grad();
+            B::seed(&device, layer_seed(seed, layers - 1));
+            let yl = layer.forward(xl.clone(), &inputs, None);
+            x = yl.clone().inner();
+            (xl, yl)
+        });
         B::memory_cleanup(&device);
         observe(Phase::Forward);
 
@@ -288,9 +302,15 @@ impl<B: AutodiffBackend> MicroStep<'_, B> {
 
         // Layers in reverse: recompute one layer under autodiff, pull the gradient through it.
         for (i, layer) in model.model.layers.iter().enumerate().rev() {
-            let x = Tensor::<B, 3>::from_inner(saved.pop().expect("one saved input per layer")).require_grad();
-            B::seed(&device, layer_seed(seed, i));
-            let y = layer.forward(x.clone(), &inputs, None);
+            let (x, y) = match last.take() {
+                Some(taped) => taped,
+                None => {
+                    let x = Tensor::<B, 3>::from_inner(saved.pop().expect("one saved input per layer")).require_grad();
+                    B::seed(&device, layer_seed(seed, i));
+                    let y = layer.forward(x.clone(), &inputs, None);
+                    (x, y)
+                }
+            };
             let mut g = super::seeded::backward_seeded(y, upstream);
             let prefix = format!("model.layers.{i}");
             collect_grads(layer.linears().into_iter().map(|(n, l)| (format!("{prefix}.{n}"), l)), &mut g, grads);

@@ -32,6 +32,17 @@ pub fn matmul_dx<B: Backend>(dy: Tensor<B, 2>, w: &Nf4Prims<B>) -> Tensor<B, 2> 
     float(reference_matmul_dx(prim(dy), w.clone()))
 }
 
+/// `dy W + addend` (`addend [M, K]`, the adapter's input gradient): in one launch (the wide
+/// kernel's `dX` epilogue, `medqlora_kernels::gemm::gemm_dx_add`) where the kernel takes the
+/// operands as for [`matmul_t_lora`]; else the product and an add.
+pub fn matmul_dx_add<B: Backend>(dy: Tensor<B, 2>, w: &Nf4Prims<B>, addend: Tensor<B, 2>) -> Tensor<B, 2> {
+    #[cfg(feature = "cuda")]
+    if let Some(dx) = cuda::matmul_dx_add(&dy, w, &addend) {
+        return dx;
+    }
+    matmul_dx(dy, w) + addend
+}
+
 /// `x W^T + h B^T (+ bias)` in one launch (the wide kernel's epilogue,
 /// `medqlora_kernels::gemm::gemm_lora`) for `x [M, K]`, `h [M, rank]`, `b [N, rank]`, `bias
 /// [N]`, when `B` is a CUDA backend, the wide product is the process's choice, `M` is more
@@ -55,7 +66,7 @@ mod cuda {
     use burn::tensor::backend::Backend;
     use burn::tensor::ops::{FloatTensor, IntTensor};
     use burn::tensor::Tensor;
-    use medqlora_kernels::gemm::{gemm_lora, GemmEpilogue};
+    use medqlora_kernels::gemm::{gemm_dx_add, gemm_lora, GemmEpilogue};
 
     type Cuda = burn::backend::Cuda<half::bf16>;
 
@@ -86,8 +97,23 @@ mod cuda {
         Ok(float(cast::<_, FloatTensor<B>>(Cuda::nf4_matmul_dx(dyc, wc)).unwrap_or_else(same)))
     }
 
+    /// Whether the wide kernel serves `rows` rows (the process's choice, more rows than the
+    /// GEMV decodes).
+    fn wide(rows: usize) -> bool {
+        nf4_product() == Nf4Product::Fused256Wide && rows > medqlora_kernels::gemv::MAX_M
+    }
+
+    pub(super) fn matmul_dx_add<B: Backend>(dy: &Tensor<B, 2>, w: &Nf4Prims<B>, addend: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+        if !wide(dy.dims()[0]) {
+            return None;
+        }
+        let dev = device(&as_cuda(w)?);
+        let (dyc, addc) = (cube(prim(dy.clone())).ok()?, cube(prim(addend.clone())).ok()?);
+        Some(float(back(gemm_dx_add(&dyc, &dev, &addc).ok()?)))
+    }
+
     pub(super) fn matmul_t_lora<B: Backend>(x: &Tensor<B, 2>, w: &Nf4Prims<B>, h: &Tensor<B, 2>, b: &Tensor<B, 2>, bias: Option<&Tensor<B, 1>>) -> Option<Tensor<B, 2>> {
-        if nf4_product() != Nf4Product::Fused256Wide || x.dims()[0] <= medqlora_kernels::gemv::MAX_M {
+        if !wide(x.dims()[0]) {
             return None;
         }
         let dev = device(&as_cuda(w)?);
