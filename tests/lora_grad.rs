@@ -298,9 +298,10 @@ fn nf4_lora_projection_matches_the_plain_ops() {
                 let grads = (y.clone() * Tensor::from_data(data(&g, [m, n]), dev)).sum().backward();
                 [y.inner().into_data(), x.grad(&grads).unwrap().into_data(), a.grad(&grads).unwrap().into_data(), b.grad(&grads).unwrap().into_data()]
             };
-            // bf16 (the fused kernel): the inputs', the decoded weight's and the output's
-            // rounding (2^-9 each) bound the error.
-            let runs: &[(DType, f64)] = if t.name == "cpu" { &[(DType::F32, 1e-5)] } else { &[(DType::F32, 1e-2), (DType::BF16, 2e-2)] };
+            // bf16 (the fused kernel) first: the inputs', the decoded weight's and the output's
+            // rounding (2^-9 each) bound the error. f32 on CUDA takes the separate products
+            // (dequantized weight, Burn's autotuned matmul: minutes of tuning on a fresh cache).
+            let runs: &[(DType, f64)] = if t.name == "cpu" { &[(DType::F32, 1e-5)] } else { &[(DType::BF16, 2e-2), (DType::F32, 1e-2)] };
             for &(dtype, bound) in runs {
                 for (what, got, want) in ["y", "dx", "dA", "dB"].into_iter().zip(&ours(dtype)).zip(&want).map(|((w, g), e)| (w, g, e)) {
                     let e = rel_l2(&common::values(got), &common::values(want));
