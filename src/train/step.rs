@@ -75,9 +75,12 @@ fn collect_grads<'a, B: AutodiffBackend>(
 }
 
 /// Scored rows whose logits are computed at once in the checkpointed step and in eval: a
-/// 256-row chunk of bf16 logits over Qwen2.5's vocabulary is 78 MB, and its gradient as much
+/// 512-row chunk of bf16 logits over Qwen2.5's vocabulary is 156 MB, and its gradient as much
 /// (the whole 2,048-token sequence would be 0.6 GB each; 1.2 GB each in f32 on the CPU).
-pub const HEAD_CHUNK_ROWS: usize = 256;
+/// 512 rather than 256: the head's two products over the vocabulary run longer per launch,
+/// 3,762 against 3,735 tokens/s for the 7B step with the same peak device memory (1,024
+/// rows: 3,767; H100, `bench train --head-chunk-rows`, BENCHMARKS.md, 2026-12-06).
+pub const HEAD_CHUNK_ROWS: usize = 512;
 
 /// Layers of the checkpointed backward between two hand-backs of free pool buffers (see
 /// [`MicroStep::run`]): each hand-back costs the next layer its allocations again.
