@@ -170,6 +170,21 @@ pub fn run<R: CubeRuntime>(client: &ComputeClient<R>, device: &R::Device, shapes
                 let bytes = wbytes + 2 * (m * k + m * n);
                 let t = flops / us / 1e6;
                 push(BenchRow { op: "nf4 fused gemm".into(), m, n, k, us, gbs: mb(bytes, us), tflops: t, note: format!("{:.0}% of burn bf16", 100.0 * t / burn_tflops) }, &mut rows);
+                if m >= 2048 {
+                    // A QLoRA projection's forward: the rank-64 adapter and a bias in the
+                    // epilogue; the note compares with the plain product just timed.
+                    const RANK: usize = 64;
+                    let uniform = |len: usize, rng: &mut rand::rngs::ThreadRng| (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>();
+                    let h = upload_float(client, device, &uniform(m * RANK, &mut rng), vec![m, RANK], DType::BF16);
+                    let b = upload_float(client, device, &uniform(n * RANK, &mut rng), vec![n, RANK], DType::BF16);
+                    let bias = upload_float(client, device, &uniform(n, &mut rng), vec![n], DType::BF16);
+                    let epilogue = crate::gemm::GemmEpilogue { lora: Some((&h, &b)), bias: Some(&bias) };
+                    let wide = crate::gemm::GemmConfig { rows: crate::gemm::GemmRows::R256, mma: crate::gemm::GemmMma::Wide, stages: crate::gemm::GemmStages::Two };
+                    let wus = time_us(client, 5, |i| crate::gemm::gemm_into_with(&x, &ws[i % copies], &ys[i % 2], wide).unwrap());
+                    let lus = time_us(client, 5, |i| crate::gemm::gemm_lora_into(&x, &ws[i % copies], epilogue, &ys[i % 2]).unwrap());
+                    let lflops = flops + 2.0 * (m * n * RANK) as f64;
+                    push(BenchRow { op: "nf4 fused gemm + lora r64 + bias (r256 wide)".into(), m, n, k, us: lus, gbs: mb(bytes + 2 * (m + n) * RANK + 2 * n, lus), tflops: lflops / lus / 1e6, note: format!("{:+.1}% time vs r256 wide alone ({wus:.1} us)", 100.0 * (lus / wus - 1.0)) }, &mut rows);
+                }
             }
             if m >= 2048 {
                 let ys: Vec<CubeTensor<R>> = (0..2).map(|_| empty(&x, vec![m, n], DType::BF16)).collect();
@@ -189,6 +204,13 @@ pub fn run<R: CubeRuntime>(client: &ComputeClient<R>, device: &R::Device, shapes
                 let bytes = wbytes + 2 * (m * k + m * n);
                 let t = flops / us / 1e6;
                 push(BenchRow { op: "nf4 fused gemm dX = dY W".into(), m, n, k, us, gbs: mb(bytes, us), tflops: t, note: format!("{:.0}% of burn bf16 (fwd)", 100.0 * t / burn_tflops) }, &mut rows);
+                // The QLoRA projection's dX: the adapter's input gradient added in the epilogue
+                // (r256 wide, against the same kernel without it).
+                let wide = crate::gemm::GemmConfig { rows: crate::gemm::GemmRows::R256, mma: crate::gemm::GemmMma::Wide, stages: crate::gemm::GemmStages::Two };
+                let wus = time_us(client, 5, |i| crate::gemm_dx::gemm_dx_into_with(&dy, &ws[i % copies], &dxs[i % 2], wide).unwrap());
+                let addend = upload_float(client, device, &(0..m * k).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), vec![m, k], DType::BF16);
+                let aus = time_us(client, 5, |i| crate::gemm::gemm_dx_add_into(&dy, &ws[i % copies], &addend, &dxs[i % 2]).unwrap());
+                push(BenchRow { op: "nf4 fused gemm dX = dY W + D (r256 wide)".into(), m, n, k, us: aus, gbs: mb(bytes + 2 * m * k, aus), tflops: flops / aus / 1e6, note: format!("{:+.1}% time vs r256 wide alone ({wus:.1} us)", 100.0 * (aus / wus - 1.0)) }, &mut rows);
                 for config in crate::gemm::GemmConfig::ALL.into_iter().filter(|c| *c != crate::gemm::GemmConfig::default()) {
                     let what = config.name();
                     let us = time_us(client, 5, |i| crate::gemm_dx::gemm_dx_into_with(&dy, &ws[i % copies], &dxs[i % 2], config).unwrap());

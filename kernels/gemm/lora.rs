@@ -18,13 +18,21 @@ const NAME: &str = "nf4 gemm + lora";
 /// What closes the product: the adapter's `h [M, rank]` (its down-projection, scaled) and `B
 /// [N, rank]`, both in `X`'s dtype, `rank` a multiple of 64; and a bias `[N]` in `X`'s dtype.
 /// Either may be absent (not both: that is [`super::gemm_with`]).
-#[derive(Clone, Copy)]
 pub struct GemmEpilogue<'a, R: CubeRuntime> {
     /// `(h, B)`.
     pub lora: Option<(&'a CubeTensor<R>, &'a CubeTensor<R>)>,
     /// `[N]`.
     pub bias: Option<&'a CubeTensor<R>>,
 }
+
+// By hand: the derives would ask `R: Copy`, and only references are copied.
+impl<R: CubeRuntime> Clone for GemmEpilogue<'_, R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<R: CubeRuntime> Copy for GemmEpilogue<'_, R> {}
 
 /// `Y[M, N] = X W^T + h B^T + bias` (the epilogue's terms that are present) as a new `[M, N]`
 /// tensor of `X`'s dtype. `X` contiguous bf16/f16 with `K % 64 == 0`; anything the kernel
