@@ -176,6 +176,7 @@ pub enum Phase {
 
 /// [`forward_backward_chunked`] calling `observe` after each [`Phase`] of the checkpointed path
 /// (`bench train --profile` synchronizes there and reads the time and the device memory).
+#[allow(clippy::too_many_arguments)]
 pub fn forward_backward_observed<B: AutodiffBackend>(
     model: &Qwen2ForCausalLM<B>,
     batch: &Batch,
