@@ -297,6 +297,67 @@ pub fn attention_products<R: CubeRuntime>(client: &ComputeClient<R>, device: &R:
     rows
 }
 
+/// The dense products (`crate::gemm_dense`) against Burn's bf16 matmul, autotuned (what the
+/// model ran before) and its fixed default kernel, same operands: the 7B vocabulary head at a
+/// 512-row chunk (`x W^T` over 152,064 rows of `W`, and `dY W` reducing them, the latter also
+/// in one part) and the 7B projections at 2,048 rows (a model trained without quantization).
+pub fn dense_products<R: CubeRuntime>(client: &ComputeClient<R>, device: &R::Device, mut print: impl FnMut(&BenchRow)) -> Vec<BenchRow> {
+    use crate::gemm_dense::{gemm_dense_into, DenseProduct};
+    let mut rng = rand::rng();
+    let mut rows = Vec::new();
+    let mut rand_t = |shape: Vec<usize>| {
+        let n: usize = shape.iter().product();
+        upload_float(client, device, &(0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), shape, DType::BF16)
+    };
+    let mut cases: Vec<(usize, usize, usize)> = vec![(512, 152_064, 3584)];
+    cases.extend(SHAPES.iter().map(|&(n, k)| (2048, n, k)));
+    for (m, n, k) in cases {
+        let w = rand_t(vec![n, k]);
+        let flops = 2.0 * (m * n * k) as f64;
+        for product in [DenseProduct::Forward, DenseProduct::InputGrad] {
+            let (a_cols, out_cols) = if product == DenseProduct::Forward { (k, n) } else { (n, k) };
+            let a = rand_t(vec![m, a_cols]);
+            let out = empty(&a, vec![m, out_cols], DType::BF16);
+            // Burn's operand as the model hands it: `W^T` a transposed view for the forward.
+            let mut b = w.clone();
+            if product == DenseProduct::Forward {
+                b.meta.swap(0, 1);
+            }
+            let bytes = 2 * (m * a_cols + n * k + m * out_cols);
+            let mut row = |op: String, us: f64, note: String| {
+                let row = BenchRow { op, m, n, k, us, gbs: bytes as f64 / us / 1e3, tflops: flops / us / 1e6, note };
+                print(&row);
+                rows.push(row);
+            };
+            let reps = 5;
+            let burn: Vec<(&str, f64)> = [("autotuned", true), ("fixed kernel", false)]
+                .into_iter()
+                .map(|(what, tuned)| {
+                    let us = time_us(client, reps, |_| {
+                        let strategy = if tuned { MatmulStrategy::Autotune } else { MatmulStrategy::Cube };
+                        matmul(a.clone(), b.clone(), None, strategy, DType::BF16).unwrap();
+                    });
+                    (what, us)
+                })
+                .collect();
+            let dir = if product == DenseProduct::Forward { "Y = X W^T" } else { "dX = dY W" };
+            for &(what, us) in &burn {
+                row(format!("burn bf16 matmul {dir}, {what}"), us, String::new());
+            }
+            let best = burn.iter().map(|b| b.1).fold(f64::INFINITY, f64::min);
+            let mut ours = vec![("parts auto", None)];
+            if product == DenseProduct::InputGrad {
+                ours.push(("one part", Some(1)));
+            }
+            for (what, parts) in ours {
+                let us = time_us(client, reps, |_| gemm_dense_into(&a, &w, product, parts, &out).unwrap());
+                row(format!("dense gemm {dir}, {what}"), us, format!("{:.2}x Burn's faster", best / us));
+            }
+        }
+    }
+    rows
+}
+
 /// The table's header (the torch script prints the same columns).
 pub const HEADER: &str = "| op | M | N | K | us | GB/s | TFLOP/s | note |\n| --- | --- | --- | --- | --- | --- | --- | --- |";
 

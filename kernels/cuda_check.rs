@@ -124,7 +124,7 @@ macro_rules! each_float {
 /// the macro's order: the `Size` generics' values first, then the `#[comptime]` parameters as
 /// declared (several are `usize`, so the compiler cannot catch a swap: keep this order).
 pub fn variants<R: Runtime>(client: &ComputeClient<R>) -> Vec<Variant> {
-    use crate::{adamw8, attention, cross_entropy, dequant, dropout, gemm, gemm_dx, gemv, rmsnorm, rope, softmax, splitk_sum, swiglu};
+    use crate::{adamw8, attention, cross_entropy, dequant, dropout, gemm, gemm_dense, gemm_dx, gemv, rmsnorm, rope, softmax, splitk_sum, swiglu};
     let c = || client.clone();
     let mut out = Vec::new();
     out.push(variant("adamw8".into(), adamw8::kernel::adamw8_kernel::Adamw8Kernel::<R>::new(settings(256), c(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), ())));
@@ -173,6 +173,14 @@ pub fn variants<R: Runtime>(client: &ComputeClient<R>) -> Vec<Variant> {
             }
         });
     }
+    // The dense products (not per scale layout): into the dtype itself, or into f32 partials.
+    each_float!([half::bf16 => "bf16", half::f16 => "f16"], F, t => {
+        for dx in [false, true] {
+            let dir = if dx { "dX" } else { "Y" };
+            out.push(variant(format!("dense {dir} {t}"), gemm_dense::kernel::gemm_dense_kernel::GemmDenseKernel::<F, F, R>::new(settings(gemm::wide::WIDE_THREADS as u32), c(), arr(), arr(), arr(), (), (), (), (), dx)));
+            out.push(variant(format!("dense {dir} {t} -> f32 parts"), gemm_dense::kernel::gemm_dense_kernel::GemmDenseKernel::<F, f32, R>::new(settings(gemm::wide::WIDE_THREADS as u32), c(), arr(), arr(), arr(), (), (), (), (), dx)));
+        }
+    });
     let rows = crate::device::ROW_THREADS as u32;
     each_float!([f32 => "f32", half::bf16 => "bf16", half::f16 => "f16"], F, t => {
         let wide = 16 / std::mem::size_of::<F>();

@@ -15,6 +15,8 @@
 //! - [`gemm`]: the same product for prefill and training, tiles of `W` dequantized into
 //!   shared memory feeding tensor-core (cmma) instructions, f32 accumulation;
 //! - [`gemm_dx`]: the backward product `dX[M, K] = dY[M, N] W` of the frozen weight;
+//! - [`gemm_dense`]: both products for a dense 16-bit frozen weight (the vocabulary head), on
+//!   the same tensor-core core, the reduction cut into parts where the output has few tiles;
 //! - [`adamw8`]: the 8-bit blockwise AdamW step (bitsandbytes' `AdamW8bit`) for the adapters;
 //! - [`dropout`]: inverted dropout whose mask is a hash of a seed and the element index;
 //! - [`swiglu`]: the MLP activation `silu(gate) * up` and its two gradients, one pass each;
@@ -33,6 +35,7 @@ pub mod cross_entropy;
 pub mod dequant;
 pub mod dropout;
 pub mod gemm;
+pub mod gemm_dense;
 pub mod gemm_dx;
 pub mod gemv;
 pub mod nf4;

@@ -39,6 +39,8 @@ pub struct GpuRuntimeSettings {
     pub nf4_product: crate::model::nf4_weight::ops::Nf4Product,
     /// Which program runs 16-bit causal attention forwards on CUDA.
     pub attention_kernel: crate::model::attention_kernel::AttentionKernel,
+    /// Which program runs CUDA's products with a frozen dense 16-bit weight.
+    pub dense_product: crate::model::frozen_matmul::DenseProduct,
 }
 
 impl GpuRuntimeSettings {
@@ -71,6 +73,7 @@ pub enum GpuRuntimeError {
 pub fn configure(settings: &GpuRuntimeSettings) -> Result<(), GpuRuntimeError> {
     crate::model::nf4_weight::ops::set_nf4_product(settings.nf4_product);
     crate::model::attention_kernel::set_attention_kernel(settings.attention_kernel);
+    crate::model::frozen_matmul::set_dense_product(settings.dense_product);
     #[cfg(feature = "cuda")]
     apply_cubecl(settings)?;
     #[cfg(not(feature = "cuda"))]

@@ -1,7 +1,8 @@
 //! NF4 inside the model: the Burn-ops dequantization equals the bitsandbytes-exact CPU
 //! reference on fresh random inputs; a checkpoint written by `quantize` reads back to the same
 //! codes and runs with the same logits as quantize-on-load; the NF4 model computes exactly what
-//! a dense model holding the dequantized weights computes.
+//! a dense model holding the dequantized weights computes; on CUDA, the products with a
+//! frozen dense weight (the vocabulary head's) equal the reference under both programs.
 
 mod common;
 
@@ -180,5 +181,46 @@ fn nf4_product_strategies_match_the_reference() {
             }
         }
         set_nf4_product(Nf4Product::default());
+    }
+}
+
+#[test]
+fn frozen_dense_products_match_the_reference() {
+    #[cfg(not(feature = "cuda"))]
+    println!("SKIPPED: the dense product programs are the CUDA backend's (a `--features cuda` build and a GPU)");
+    #[cfg(feature = "cuda")]
+    {
+        use burn::backend::Autodiff;
+        use burn::tensor::{Tensor, TensorData};
+        use medqlora::model::frozen_matmul::{frozen_matmul_t, set_dense_product, DenseProduct};
+        type G = Autodiff<burn::backend::Cuda<half::bf16>>;
+        let dev = burn::backend::cuda::CudaDevice::new(0);
+        let seed: u64 = rand::rng().random();
+        println!("seed {seed}");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        // Few output tiles against a long reduction in both directions, so the kernel's
+        // automatic split runs (the head's shape in small), and a row count past one tile.
+        let (m, n, k) = (300, 64 * 40, 384);
+        let bf = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| half::bf16::from_f32(x).to_f32()).collect() };
+        let w = bf((0..n * k).map(|_| rng.random_range(-0.05f32..0.05)).collect());
+        let x = bf((0..m * k).map(|_| rng.random_range(-1f32..1.0)).collect());
+        let dy = bf((0..m * n).map(|_| rng.random_range(-1f32..1.0)).collect());
+        let want_y: Vec<f32> = (0..m * n).map(|e| (0..k).map(|j| x[e / n * k + j] as f64 * w[e % n * k + j] as f64).sum::<f64>() as f32).collect();
+        let want_dx: Vec<f32> = (0..m * k).map(|e| (0..n).map(|i| dy[e / k * n + i] as f64 * w[i * k + e % k] as f64).sum::<f64>() as f32).collect();
+        for product in [DenseProduct::Kernel, DenseProduct::Burn] {
+            set_dense_product(product);
+            let xt = Tensor::<G, 2>::from_data(TensorData::new(x.clone(), [m, k]), &dev).require_grad();
+            let wt = Tensor::<G, 2>::from_data(TensorData::new(w.clone(), [n, k]), &dev);
+            let y = frozen_matmul_t(xt.clone(), wt);
+            let upstream = Tensor::<G, 2>::from_data(TensorData::new(dy.clone(), [m, n]), &dev);
+            let grads = (y.clone() * upstream).sum().backward();
+            let dx = xt.grad(&grads).expect("x requires a gradient");
+            for (what, got, want) in [("x W^T", common::values(&y.into_data()), &want_y), ("dY W", common::values(&dx.into_data()), &want_dx)] {
+                let e = common::rel_l2(&got, want);
+                println!("{product:?}: {what} relative L2 {e:.2e} (bound 8e-3: bf16 outputs)");
+                assert!(e <= 8e-3, "{product:?}: {what}: relative L2 {e:e} (seed {seed})");
+            }
+        }
+        set_dense_product(DenseProduct::default());
     }
 }

@@ -29,6 +29,10 @@ pub struct BenchKernelsArgs {
     /// against its fixed default kernel (speed, and how far their outputs differ).
     #[arg(long, conflicts_with = "quick")]
     pub attention: bool,
+    /// Only the products with a dense bf16 weight (the 7B vocabulary head at a 512-row chunk,
+    /// the 7B projections at 2,048 rows): ours against Burn's matmul, autotuned and fixed.
+    #[arg(long, conflicts_with_all = ["quick", "attention"])]
+    pub dense: bool,
 }
 
 /// `bench kernels`: the table of `medqlora_kernels::bench` on CUDA device 0.
@@ -43,6 +47,10 @@ fn bench_kernels(args: BenchKernelsArgs) -> anyhow::Result<()> {
         println!("{HEADER}");
         if args.attention {
             medqlora_kernels::bench::attention_products(&client, &device, |r| println!("{}", format_row(r)));
+            return Ok(());
+        }
+        if args.dense {
+            medqlora_kernels::bench::dense_products(&client, &device, |r| println!("{}", format_row(r)));
             return Ok(());
         }
         run(&client, &device, shapes, ms, &crate::quant::dynamic_map::DYNAMIC_MAP_SIGNED, |r| println!("{}", format_row(r)));

@@ -57,6 +57,12 @@ pub struct GpuRuntimeArgs {
     /// previous kernel for inference, Burn's block-wise ops for training's forward).
     #[arg(long, global = true, value_enum, default_value = "flash")]
     pub attention_kernel: crate::model::attention_kernel::AttentionKernel,
+    /// Which program runs CUDA's products with a frozen dense bf16/f16 weight (the untied
+    /// vocabulary head, every projection of a model trained without quantization): `kernel`
+    /// (ours: `ldmatrix` + `mma.sync` tiles, the input gradient's reduction split to fill the
+    /// GPU) or `burn` (Burn's autotuned matmul, the program before).
+    #[arg(long, global = true, value_enum, default_value = "kernel")]
+    pub dense_product: crate::model::frozen_matmul::DenseProduct,
 }
 
 impl GpuRuntimeArgs {
@@ -67,7 +73,7 @@ impl GpuRuntimeArgs {
             (Some(dir), false) => Some(dir.clone()),
             (None, false) => crate::gpu_runtime::GpuRuntimeSettings::default_cache_dir(),
         };
-        crate::gpu_runtime::GpuRuntimeSettings { cache_dir, autotune: self.autotune, memory_log: self.memory_log.clone(), nf4_product: self.nf4_product, attention_kernel: self.attention_kernel }
+        crate::gpu_runtime::GpuRuntimeSettings { cache_dir, autotune: self.autotune, memory_log: self.memory_log.clone(), nf4_product: self.nf4_product, attention_kernel: self.attention_kernel, dense_product: self.dense_product }
     }
 }
 

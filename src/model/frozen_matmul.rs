@@ -9,6 +9,11 @@
 //! and summed in f32 it has 8 times the blocks (split-K, as `lora::op` does for the adapters'
 //! skinny products). The weight gets no gradient (it is frozen: the operation is taken only
 //! for a weight that requires none).
+//!
+//! On CUDA both products of a 16-bit weight take `medqlora_kernels::gemm_dense` (the NF4 wide
+//! kernel's tensor-core core with `W` copied, not decoded; the input gradient's reduction cut
+//! into parts that fill the machine) where it takes the operands and there are at least
+//! [`KERNEL_MIN_ROWS`] rows; `--dense-product burn` keeps Burn's matmul for both, as before.
 
 use super::autodiff_op::{cast, float, on_training_backend, prim, TrainingOp};
 use super::linear::{copies_strided_operands, matmul_weight_t};
@@ -22,14 +27,39 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::Tensor;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Output widths `N` from which the input gradient's reduction is cut on the GPU: the
 /// vocabulary head's (151,936-152,064), not the projections' (at most 18,944, where the
 /// product already has enough thread blocks).
 const GPU_MIN_SPLIT: usize = 32_768;
 
+/// Fewest rows for which CUDA's products take the kernel (fewer are decoding's, where a
+/// 256-row tile would be mostly idle and Burn's matmul is the better program).
+pub const KERNEL_MIN_ROWS: usize = 64;
+
+/// Which program runs CUDA's products with a frozen dense 16-bit weight (a process-wide choice
+/// made once at the CLI edge, as [`super::nf4_weight::ops::Nf4Product`]).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DenseProduct {
+    /// `medqlora_kernels::gemm_dense`: `ldmatrix` + `mma.sync` on 256 x 128 tiles, operands
+    /// copied by `cp.async`, the input gradient's reduction split to fill the machine.
+    #[default]
+    Kernel,
+    /// Burn's autotuned matmul, the input gradient's reduction cut into 8 batched slices
+    /// (the program before the kernel).
+    Burn,
+}
+
+static BURN_DENSE: AtomicBool = AtomicBool::new(false);
+
+/// Sets the process's [`DenseProduct`].
+pub fn set_dense_product(product: DenseProduct) {
+    BURN_DENSE.store(product == DenseProduct::Burn, Ordering::Relaxed);
+}
+
 /// `x [m, k] W[n, k]^T -> [m, n]` for a frozen `W`; under the training autodiff backends the
-/// operation above (gradient for `x` only), elsewhere [`matmul_weight_t`].
+/// operation above (gradient for `x` only), elsewhere [`matmul_weight_t`] (or the kernel).
 pub fn frozen_matmul_t<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
     let min_split = if copies_strided_operands::<B>() { usize::MAX } else { GPU_MIN_SPLIT };
     frozen_matmul_t_with(x, w, min_split)
@@ -38,8 +68,18 @@ pub fn frozen_matmul_t<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B
 fn frozen_matmul_t_with<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>, min_split: usize) -> Tensor<B, 2> {
     match on_training_backend(&FrozenOp::<B>(min_split, PhantomData), (x, w)) {
         Ok(y) => y,
-        Err((x, w)) => matmul_weight_t(x, w),
+        Err((x, w)) => forward(x, w),
     }
+}
+
+/// `x W^T`: the kernel where it serves, else [`matmul_weight_t`].
+fn forward<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
+    #[cfg(feature = "cuda")]
+    let (x, w) = match cuda::product(x, w, medqlora_kernels::gemm_dense::DenseProduct::Forward) {
+        Ok(y) => return y,
+        Err(back) => back,
+    };
+    matmul_weight_t(x, w)
 }
 
 /// Into how many slices the reduction `n` of `dY W` is cut: up to 8 ([`split_k_parts`]) when
@@ -53,6 +93,11 @@ fn parts(n: usize, min_split: usize) -> usize {
 
 /// `g [m, n] w [n, k] -> [m, k]` in `g`'s dtype, the reduction over `n` cut ([`parts`]).
 fn input_grad<B: Backend>(g: Tensor<B, 2>, w: Tensor<B, 2>, min_split: usize) -> Tensor<B, 2> {
+    #[cfg(feature = "cuda")]
+    let (g, w) = match cuda::product(g, w, medqlora_kernels::gemm_dense::DenseProduct::InputGrad) {
+        Ok(dx) => return dx,
+        Err(back) => back,
+    };
     let ([m, n], k) = (g.dims(), w.dims()[1]);
     let dtype = g.dtype();
     match parts(n, min_split) {
@@ -81,7 +126,7 @@ impl<B: Backend> TrainingOp for FrozenOp<B> {
         };
         let w = w.inner().into_primitive().tensor();
         let x = x.into_primitive().tensor();
-        let y = matmul_weight_t(float::<I, 2>(x.primitive.clone()), float::<I, 2>(w.clone()));
+        let y = forward(float::<I, 2>(x.primitive.clone()), float::<I, 2>(w.clone()));
         let out = match FrozenBackward(self.0).prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => prep.finish(w, prim(y)),
             OpsKind::UnTracked(prep) => prep.finish(prim(y)),
@@ -102,6 +147,37 @@ impl<B: Backend> Backward<B, 1> for FrozenBackward {
         let g = float::<B, 2>(grads.consume::<B>(&ops.node));
         if let Some(node) = node_x {
             grads.register::<B>(node.id, prim(input_grad(g, float::<B, 2>(ops.state), self.0)));
+        }
+    }
+}
+
+/// The kernel on `CubeTensor<CudaRuntime>` primitives.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::{BURN_DENSE, KERNEL_MIN_ROWS};
+    use crate::model::autodiff_op::{float, prim};
+    use crate::model::cuda_tensor::{back, cube, cube_of};
+    use burn::tensor::backend::Backend;
+    use burn::tensor::Tensor;
+    use medqlora_kernels::gemm_dense::{gemm_dense, DenseProduct};
+    use std::sync::atomic::Ordering;
+
+    type Pair<B> = (Tensor<B, 2>, Tensor<B, 2>);
+
+    /// `a W^T` or `a W` by the kernel when both are CUDA tensors it takes, `a` has at least
+    /// [`KERNEL_MIN_ROWS`] rows and the process chose the kernel; else the operands back.
+    pub(super) fn product<B: Backend>(a: Tensor<B, 2>, w: Tensor<B, 2>, product: DenseProduct) -> Result<Tensor<B, 2>, Pair<B>> {
+        if BURN_DENSE.load(Ordering::Relaxed) || a.dims()[0] < KERNEL_MIN_ROWS {
+            return Err((a, w));
+        }
+        let ac = match cube(prim(a)) {
+            Ok(ac) => ac,
+            Err(a) => return Err((float(a), w)),
+        };
+        let wc = cube_of(prim(w));
+        match gemm_dense(&ac, &wc, product, None) {
+            Ok(out) => Ok(float(back(out))),
+            Err(_) => Err((float(back(ac)), float(back(wc)))),
         }
     }
 }

@@ -10,7 +10,7 @@ use super::attention::{Attention, AttentionInputs};
 use super::config::TextConfig;
 use super::embedding::Embedding;
 use super::kv_cache::KvCache;
-use super::linear::{matmul_weight_t, Linear};
+use super::linear::Linear;
 use super::load::{LoadError, WeightStore};
 use super::mlp::Mlp;
 use super::norm::RmsNorm;
@@ -251,7 +251,8 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
                 let [b, s, d] = h.dims();
                 let w = self.model.embed_tokens.device_weight().expect("a tied table stays on the device");
                 let v = w.dims()[0];
-                matmul_weight_t(h.reshape([b * s, d]), w).reshape([b, s, v])
+                // The table is frozen (adapters never target it): the input gradient only.
+                super::frozen_matmul::frozen_matmul_t(h.reshape([b * s, d]), w).reshape([b, s, v])
             }
         }
     }

@@ -101,7 +101,7 @@ pub const CUDA_F32_LOGITS_TOL: f32 = 3e-2;
 pub fn gpu_runtime_once() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let settings = medqlora::gpu_runtime::GpuRuntimeSettings { cache_dir: medqlora::gpu_runtime::GpuRuntimeSettings::default_cache_dir(), autotune: medqlora::gpu_runtime::AutotuneLevel::Minimal, memory_log: None, nf4_product: Default::default(), attention_kernel: Default::default() };
+        let settings = medqlora::gpu_runtime::GpuRuntimeSettings { cache_dir: medqlora::gpu_runtime::GpuRuntimeSettings::default_cache_dir(), autotune: medqlora::gpu_runtime::AutotuneLevel::Minimal, memory_log: None, nf4_product: Default::default(), attention_kernel: Default::default(), dense_product: Default::default() };
         medqlora::gpu_runtime::configure(&settings).expect("GPU runtime settings (a writable kernel cache folder)");
     });
 }
