@@ -145,7 +145,9 @@ pub fn variants<R: Runtime>(client: &ComputeClient<R>) -> Vec<Variant> {
                 if config.mma == gemm::GemmMma::Wide {
                     for (lora, biased) in [(false, false), (true, false), (true, true), (false, true)] {
                         let ext = match (lora, biased) { (false, false) => "", (true, false) => " + lora", (true, true) => " + lora + bias", (false, true) => " + bias" };
-                        out.push(variant(format!("gemm64 {name} {t}{dq}{ext}"), gemm::wide::gemm_wide_kernel::GemmWideKernel::<F, R>::new(settings(gemm::wide::WIDE_THREADS as u32), c(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), (), gemm::wide::WIDE_WORDS, double, false, lora, biased)));
+                        out.push(variant(format!("gemm64 {name} {t}{dq}{ext}"), gemm::wide::gemm_wide_kernel::GemmWideKernel::<F, F, R>::new(settings(gemm::wide::WIDE_THREADS as u32), c(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), (), (), gemm::wide::WIDE_WORDS, double, false, lora, biased)));
+                        // A split forward's parts write f32 partials.
+                        out.push(variant(format!("gemm64 {name} {t}{dq}{ext} -> f32 parts"), gemm::wide::gemm_wide_kernel::GemmWideKernel::<F, f32, R>::new(settings(gemm::wide::WIDE_THREADS as u32), c(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), (), (), gemm::wide::WIDE_WORDS, double, false, lora, biased)));
                     }
                     continue;
                 }
@@ -165,7 +167,7 @@ pub fn variants<R: Runtime>(client: &ComputeClient<R>) -> Vec<Variant> {
                 if config.mma == gemm::GemmMma::Wide {
                     for added in [false, true] {
                         let ext = if added { " + addend" } else { "" };
-                        out.push(variant(format!("gemm_dx64 {name} {t}{dq}{ext}"), gemm::wide::gemm_wide_kernel::GemmWideKernel::<F, R>::new(settings(gemm::wide::WIDE_THREADS as u32), c(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), (), gemm::wide::WIDE_WORDS, double, true, false, added)));
+                        out.push(variant(format!("gemm_dx64 {name} {t}{dq}{ext}"), gemm::wide::gemm_wide_kernel::GemmWideKernel::<F, F, R>::new(settings(gemm::wide::WIDE_THREADS as u32), c(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), arr(), (), (), (), (), (), (), (), gemm::wide::WIDE_WORDS, double, true, false, added)));
                     }
                     continue;
                 }

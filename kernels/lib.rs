@@ -13,7 +13,8 @@
 //! - [`dequant`]: `W` to a dense f32/bf16/f16 tensor;
 //! - [`gemv`]: `Y[M, N] = X[M, K] W^T` for decode (`M <= 8`), on CUDA cores;
 //! - [`gemm`]: the same product for prefill and training, tiles of `W` dequantized into
-//!   shared memory feeding tensor-core (cmma) instructions, f32 accumulation;
+//!   shared memory feeding tensor-core (cmma) instructions, f32 accumulation (a reduction whose
+//!   output has too few tiles for the GPU cut into parts, summed by [`splitk_sum`]);
 //! - [`gemm_dx`]: the backward product `dX[M, K] = dY[M, N] W` of the frozen weight;
 //! - [`gemm_dense`]: both products for a dense 16-bit frozen weight (the vocabulary head), on
 //!   the same tensor-core core, the reduction cut into parts where the output has few tiles;

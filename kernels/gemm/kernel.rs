@@ -16,7 +16,7 @@
 //! Hopper's `wgmma`/TMA rather than Ampere-style `mma.sync`.
 
 use super::pipelined::{gemm64_kernel, BK64};
-use super::wide::{gemm_wide_kernel, WIDE_ROWS, WIDE_THREADS, WIDE_WORDS};
+use super::wide::{launch_wide, WideTerms};
 use crate::device::{block_scale, check_operand, empty, nibble, KernelError, Nf4Device};
 use burn_backend::DType;
 use burn_cubecl::tensor::CubeTensor;
@@ -380,12 +380,7 @@ pub fn gemm_into_with<R: CubeRuntime>(x: &CubeTensor<R>, w: &Nf4Device<R>, y: &C
     let x_arg = unsafe { ArrayArg::from_raw_parts(x.handle.clone(), m * w.k / 8) };
     let y_arg = unsafe { ArrayArg::from_raw_parts(y.handle.clone(), m * w.n) };
     if w.k % BK64 == 0 && config.mma == GemmMma::Wide {
-        let count = CubeCount::Static(w.n.div_ceil(BN) as u32, m.div_ceil(WIDE_ROWS) as u32, 1);
-        let words = w.words_arg(WIDE_WORDS);
-        // The epilogue's arrays are never read (comptime off); X stands in for them.
-        let unused = || unsafe { ArrayArg::from_raw_parts(x.handle.clone(), 1) };
-        launch_nf4_gemm!(gemm_wide_kernel, NAME, x.dtype, client, count, CubeDim::new_1d(WIDE_THREADS as u32), WIDE_WORDS, x_arg, words, absmax, qcodes, w.lut_arg(), y_arg, unused(), unused(), unused(), offset, m, w.n, w.k, shift, 0usize, double, false, false, false);
-        return Ok(());
+        return launch_wide(NAME, x, w, y, WideTerms { lora: None, added: None }, shift, false);
     }
     if w.k % BK64 == 0 {
         let (bm, wvec) = config.rows.rows_and_words();

@@ -4,14 +4,12 @@
 //! references are the dense products plus the same terms ([`crate::gemv::reference::matmul_t`],
 //! [`crate::gemm_dx::reference`], [`reference`]).
 
-use super::kernel::{launch_nf4_gemm, BN};
 use super::pipelined::BK64;
-use super::wide::{gemm_wide_kernel, WIDE_ROWS, WIDE_THREADS, WIDE_WORDS};
+use super::wide::{launch_wide, WideTerms};
 use crate::device::{check_operand, empty, KernelError, Nf4Device};
 use burn_backend::DType;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
-use cubecl::prelude::*;
 
 const NAME: &str = "nf4 gemm + lora";
 
@@ -87,22 +85,7 @@ pub fn gemm_lora_into<R: CubeRuntime>(x: &CubeTensor<R>, w: &Nf4Device<R>, epilo
             return bad(format!("{what} is not {:?} as X is", x.dtype));
         }
     }
-    let client = w.client();
-    let (absmax, qcodes, offset, double) = w.scale_args();
-    let arg = |t: &CubeTensor<R>, len: usize| unsafe { ArrayArg::from_raw_parts(t.handle.clone(), len) };
-    // Absent terms are never read (comptime off); X stands in for their arrays.
-    let (h_arg, b_arg) = match lora {
-        Some((h, b)) => (arg(h, m * rank / 8), arg(b, w.n * rank / 8)),
-        None => (arg(x, 1), arg(x, 1)),
-    };
-    let bias_arg = bias.map_or_else(|| arg(x, 1), |b| arg(b, w.n));
-    let count = CubeCount::Static(w.n.div_ceil(BN) as u32, m.div_ceil(WIDE_ROWS) as u32, 1);
-    let words = w.words_arg(WIDE_WORDS);
-    #[rustfmt::skip]
-    launch_nf4_gemm!(gemm_wide_kernel, NAME, x.dtype, client, count, CubeDim::new_1d(WIDE_THREADS as u32), WIDE_WORDS,
-        arg(x, m * w.k / 8), words, absmax, qcodes, w.lut_arg(), arg(y, m * w.n), h_arg, b_arg, bias_arg,
-        offset, m, w.n, w.k, shift, rank, double, false, lora.is_some(), bias.is_some());
-    Ok(())
+    launch_wide(NAME, x, w, y, WideTerms { lora: lora.map(|(h, b)| (h, b, rank)), added: bias }, shift, false)
 }
 
 /// `dX[M, K] = dY[M, N] W + addend` as a new tensor of `dY`'s dtype: `dY` contiguous bf16/f16,
@@ -130,17 +113,7 @@ pub fn gemm_dx_add_into<R: CubeRuntime>(dy: &CubeTensor<R>, w: &Nf4Device<R>, ad
     if w.n % BK64 != 0 || w.k % 32 != 0 {
         return Err(KernelError::Shape { kernel: NAME, what: format!("N = {} or K = {} is not a multiple of {BK64} / 32", w.n, w.k) });
     }
-    let client = w.client();
-    let (absmax, qcodes, offset, double) = w.scale_args();
-    let arg = |t: &CubeTensor<R>, len: usize| unsafe { ArrayArg::from_raw_parts(t.handle.clone(), len) };
-    let count = CubeCount::Static(w.k.div_ceil(BN) as u32, m.div_ceil(WIDE_ROWS) as u32, 1);
-    let words = w.words_arg(WIDE_WORDS);
-    // The forward's adapter arrays are never read (comptime off); dY stands in for them.
-    #[rustfmt::skip]
-    launch_nf4_gemm!(gemm_wide_kernel, NAME, dy.dtype, client, count, CubeDim::new_1d(WIDE_THREADS as u32), WIDE_WORDS,
-        arg(dy, m * w.n / 8), words, absmax, qcodes, w.lut_arg(), arg(dx, m * w.k), arg(dy, 1), arg(dy, 1), arg(addend, m * w.k),
-        offset, m, w.n, w.k, shift, 0usize, double, true, false, true);
-    Ok(())
+    launch_wide(NAME, dy, w, dx, WideTerms { lora: None, added: Some(addend) }, shift, true)
 }
 
 /// Plain CPU reference of the epilogue's terms.

@@ -141,13 +141,13 @@ pub(crate) fn store_mma_tile<F: Float>(acc: &Sequence<Array<Vector<f32, Const<1>
     }
 }
 
-/// [`store_mma_tile`] adding a term to each accumulator before the rounding to `F`:
+/// [`store_mma_tile`] adding a term (in `F`) to each accumulator before the rounding to `O`:
 /// `add[row, col]` of a `[rows, cols]` matrix (`matrix`), else `add[col]` (a bias).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn store_mma_tile_plus<F: Float>(
+pub(crate) fn store_mma_tile_plus<F: Float, O: Float>(
     acc: &Sequence<Array<Vector<f32, Const<1>>>>,
-    y: &mut Array<F>,
+    y: &mut Array<O>,
     add: &Array<F>,
     row0: usize,
     col0: usize,
@@ -171,7 +171,7 @@ pub(crate) fn store_mma_tile_plus<F: Float>(
                 let gc = col0 + j * 8 + c + comptime![e % 2];
                 if gr < rows && gc < cols {
                     let at = if comptime![matrix] { gr * cols + gc } else { gc };
-                    y[gr * cols + gc] = F::cast_from(a[e][0] + f32::cast_from(add[at]));
+                    y[gr * cols + gc] = O::cast_from(a[e][0] + f32::cast_from(add[at]));
                 }
             }
         }

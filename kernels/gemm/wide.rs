@@ -28,6 +28,12 @@
 //! and step on an H100). `dX` can close with a whole added term (`added`: the adapter's
 //! input gradient, which the backward otherwise added in a pass of its own).
 //!
+//! A forward whose output has fewer tiles than the GPU has multiprocessors (the 7B `k_proj` /
+//! `v_proj` at 2,048 rows: 4 x 8 tiles on 132 SMs, 53-63 TFLOP/s) cuts its reduction into parts
+//! along the grid's third dimension ([`launch_wide`], `crate::gemm_dense::auto_parts`): each
+//! part writes f32 partials to its own rows of a `[parts * M, N]` buffer, which
+//! [`crate::splitk_sum`] adds; part 0 alone takes the adapter's steps and the bias.
+//!
 //! Per step `kt` (forward names): issue the copies of `X[kt + 1]`, run the products on set
 //! `kt % 2` in four 16-wide slices with one word of `W[kt + 1]` (loaded in step `kt - 1`)
 //! decoded into the other set after each, load `W[kt + 2]`'s words and scale, then commit
@@ -35,6 +41,12 @@
 //! before that step's barrier, so both writes are safe.
 
 use super::kernel::BN;
+use crate::device::{empty, KernelError, Nf4Device};
+use crate::gemm_dense::{auto_parts, MIN_PART_STEPS};
+use crate::splitk_sum::{splitk_sum_into, Split};
+use burn_backend::DType;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::CubeRuntime;
 use super::mma::{mma_products_k16, store_mma_tile, store_mma_tile_plus, zero_mma_accumulators};
 use super::pipelined::{decode_word, decode_words, BK64, LDV64};
 use crate::gemm_dx::pipelined::LDBV;
@@ -82,7 +94,7 @@ pub(crate) fn copy_a64_async<F: Float>(
     }
 }
 
-/// The offset in `W`'s codes of a loader thread's first code in tile `t` (see `first` in
+/// The offset in `W`'s codes of a loader thread's first code in tile `t` (see `w_first` in
 /// [`gemm_wide_kernel`]).
 #[cube]
 fn w_offset(first: usize, wr: usize, k: usize, t: usize, #[comptime] dx: bool) -> usize {
@@ -99,13 +111,13 @@ fn w_offset(first: usize, wr: usize, k: usize, t: usize, #[comptime] dx: bool) -
 /// `W` by 128 of its columns, `k`-major, which `ldmatrix` loads transposed).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_wide_kernel<F: Float, W: Size>(
+pub(crate) fn gemm_wide_kernel<F: Float, W: Size, O: Float>(
     a: &Array<Vector<F, Const<8>>>,
     words: &Array<Vector<u32, W>>,
     absmax: &Array<f32>,
     qcodes: &Array<u8>,
     lut: &Array<f32>,
-    out: &mut Array<F>,
+    out: &mut Array<O>,
     lora_h: &Array<Vector<F, Const<8>>>,
     lora_b: &Array<Vector<F, Const<8>>>,
     addend: &Array<F>,
@@ -115,6 +127,7 @@ pub(crate) fn gemm_wide_kernel<F: Float, W: Size>(
     k: usize,
     block_shift: u32,
     rank: usize,
+    span: usize,
     #[comptime] double: bool,
     #[comptime] dx: bool,
     #[comptime] lora: bool,
@@ -149,15 +162,17 @@ pub(crate) fn gemm_wide_kernel<F: Float, W: Size>(
     let wn = plane % 2;
     let m0 = CUBE_POS_Y as usize * WIDE_ROWS;
     let c0 = CUBE_POS_X as usize * BN;
+    // The reduction's part: 64-wide steps `first .. first + steps`.
+    let part = CUBE_POS_Z as usize;
     let mut macc = zero_mma_accumulators(comptime![4 * WIDE_COLS / 8]);
 
-    // W loader: `codes` consecutive codes of one block per step, `first` the offset of this
+    // W loader: `codes` consecutive codes of one block per step, `w_first` the offset of this
     // thread's at step 0 (forward: row `c0 + wr` of `W`, codes `wq * codes ..` of the step;
     // dX: the step's row `wr`, columns `c0 + wq * codes ..`). Past `N` (forward) or `K` (dX)
     // nothing is loaded and zeros are decoded (scale 0).
     let wr = tid / per_row;
     let wq = tid % per_row;
-    let (live, first, w_at) = if comptime![dx] {
+    let (live, w_first, w_at) = if comptime![dx] {
         let gc = c0 + wq * codes;
         (gc < k, gc, wr * LDBV + wq * W::value())
     } else {
@@ -166,18 +181,20 @@ pub(crate) fn gemm_wide_kernel<F: Float, W: Size>(
     };
     // The reduction's length (`a`'s columns) and the output's columns.
     let (red, cols) = if comptime![dx] { (n, k) } else { (k, n) };
+    let first = part * span;
+    let steps = min(span, red / BK64 - first);
 
     // `W`'s words and block scale travel two steps ahead: step `kt` decodes those of tile
     // `kt + 1`, loaded at the end of step `kt - 1`, so their global latency passes during the
     // barrier instead of stalling the first decode. The scale is finished from its raw parts
     // (block code and nested scale, or the scale) only where it is first used, for the same
     // reason.
-    copy_a64_async::<F>(a, &mut xs, 0, m0, m_rows, red, 0, tid, WIDE_ROWS);
+    copy_a64_async::<F>(a, &mut xs, 0, m0, m_rows, red, first * BK64, tid, WIDE_ROWS);
     let mut wv = Vector::<u32, W>::new(0u32);
     let mut code = 0u32;
     let mut raw = 0.0f32;
     if live {
-        let e0 = w_offset(first, wr, k, 0, dx);
+        let e0 = w_offset(w_first, wr, k, first, dx);
         wv = words[e0 / codes];
         let parts = load_scale_parts(e0 >> block_shift as usize, absmax, qcodes, double);
         code = parts.0;
@@ -185,9 +202,8 @@ pub(crate) fn gemm_wide_kernel<F: Float, W: Size>(
     }
     let scale = finish_scale(code, raw, &table, offset, live, double);
     decode_words::<F, W>(wv, W::value(), scale, &table, &mut ws, w_at);
-    let tiles = red / BK64;
-    if live && tiles > 1 {
-        let e0 = w_offset(first, wr, k, 1, dx);
+    if live && steps > 1 {
+        let e0 = w_offset(w_first, wr, k, first + 1, dx);
         wv = words[e0 / codes];
         let parts = load_scale_parts(e0 >> block_shift as usize, absmax, qcodes, double);
         code = parts.0;
@@ -197,14 +213,14 @@ pub(crate) fn gemm_wide_kernel<F: Float, W: Size>(
     bar.arrive_and_wait();
 
     // Unrolled once per tile set so each copy addresses its set at compile-time offsets.
-    for round in 0..(tiles + 1) / 2 {
+    for round in 0..(steps + 1) / 2 {
         #[unroll]
         for cur in 0..2usize {
             let kt = round * 2 + cur;
-            if kt < tiles {
+            if kt < steps {
                 let next = 1 - cur;
-                if kt + 1 < tiles {
-                    copy_a64_async::<F>(a, &mut xs, next * a_tile, m0, m_rows, red, (kt + 1) * BK64, tid, WIDE_ROWS);
+                if kt + 1 < steps {
+                    copy_a64_async::<F>(a, &mut xs, next * a_tile, m0, m_rows, red, (first + kt + 1) * BK64, tid, WIDE_ROWS);
                 }
                 let scale = finish_scale(code, raw, &table, offset, live, double);
                 // Word `kk` of the next tile (launched with W = WIDE_WORDS = 4: one word per
@@ -216,8 +232,8 @@ pub(crate) fn gemm_wide_kernel<F: Float, W: Size>(
                     mma_products_k16::<F>(&xs, cur * a_tile, &ws, cur * w_tile, &mut macc, wm, wn, lane, comptime![!dx], ldw, WIDE_COLS, kk);
                     decode_word::<F>(wv[kk], scale, &table, &mut ws, next * w_tile + w_at + kk);
                 }
-                if live && kt + 2 < tiles {
-                    let e0 = w_offset(first, wr, k, kt + 2, dx);
+                if live && kt + 2 < steps {
+                    let e0 = w_offset(w_first, wr, k, first + kt + 2, dx);
                     wv = words[e0 / codes];
                     let parts = load_scale_parts(e0 >> block_shift as usize, absmax, qcodes, double);
                     code = parts.0;
@@ -228,11 +244,18 @@ pub(crate) fn gemm_wide_kernel<F: Float, W: Size>(
             }
         }
     }
+    // Part 0 alone adds the epilogue's terms (a split forward's other parts write bare
+    // partials); `part` is uniform over the cube, so the barriers below stay uniform.
+    let lead = part == 0;
     if comptime![lora] {
         // The adapter's up-projection as more steps of the reduction (forward only): `h [M,
         // rank]` (scaled already) against `B [N, rank]`, both 16-bit and copied as they are.
         // Every plane has passed the main loop's last barrier, so set 0 is free.
-        for e in 0..rank / BK64 {
+        let mut adapter_steps = rank / BK64;
+        if !lead {
+            adapter_steps = 0usize;
+        }
+        for e in 0..adapter_steps {
             copy_a64_async::<F>(lora_h, &mut xs, 0, m0, m_rows, rank, e * BK64, tid, WIDE_ROWS);
             copy_a64_async::<F>(lora_b, &mut ws, 0, c0, n, rank, e * BK64, tid, BN);
             bar.commit_copy_async();
@@ -245,10 +268,83 @@ pub(crate) fn gemm_wide_kernel<F: Float, W: Size>(
             sync_cube();
         }
     }
+    // Part `z`'s rows of `out` are `z * M ..` (`out` is `[parts * M, cols]`).
+    let base = part * m_rows;
     if comptime![added] {
-        // The forward adds a bias `[N]` to every row, `dX` a whole `[M, K]` term.
-        store_mma_tile_plus::<F>(&macc, out, addend, m0 + wm * 64, c0 + wn * WIDE_COLS, m_rows, cols, lane, WIDE_COLS, dx);
+        if lead {
+            // The forward adds a bias `[N]` to every row, `dX` (never split) a whole `[M, K]`
+            // term.
+            store_mma_tile_plus::<F, O>(&macc, out, addend, m0 + wm * 64, c0 + wn * WIDE_COLS, m_rows, cols, lane, WIDE_COLS, dx);
+        } else {
+            store_mma_tile::<O>(&macc, out, base + m0 + wm * 64, c0 + wn * WIDE_COLS, base + m_rows, cols, lane, WIDE_COLS);
+        }
     } else {
-        store_mma_tile::<F>(&macc, out, m0 + wm * 64, c0 + wn * WIDE_COLS, m_rows, cols, lane, WIDE_COLS);
+        store_mma_tile::<O>(&macc, out, base + m0 + wm * 64, c0 + wn * WIDE_COLS, base + m_rows, cols, lane, WIDE_COLS);
+    }
+}
+
+/// What a wide launch adds in its epilogue (see [`gemm_wide_kernel`]).
+pub(crate) struct WideTerms<'a, R: CubeRuntime> {
+    /// The forward's adapter `(h [M, rank], B [N, rank], rank)`.
+    pub lora: Option<(&'a CubeTensor<R>, &'a CubeTensor<R>, usize)>,
+    /// The forward's bias `[N]`, or `dX`'s `[M, K]` term.
+    pub added: Option<&'a CubeTensor<R>>,
+}
+
+/// Launches [`gemm_wide_kernel`] for `a` (`X [M, K]`, or `dY [M, N]` with `dx`) into the
+/// contiguous `out` of `a`'s dtype, operands checked by the caller. A forward whose output
+/// tiles do not fill the GPU's multiprocessors is cut into [`auto_parts`] parts (f32 partials,
+/// then one sum); `dX` is never cut (its outputs at the 7B shapes have enough tiles, and its
+/// whole-matrix term is added by part 0 only).
+pub(crate) fn launch_wide<R: CubeRuntime>(kernel: &'static str, a: &CubeTensor<R>, w: &Nf4Device<R>, out: &CubeTensor<R>, terms: WideTerms<'_, R>, shift: u32, dx: bool) -> Result<(), KernelError> {
+    let m = a.meta.shape().first().copied().unwrap_or(0);
+    let (red, cols) = if dx { (w.n, w.k) } else { (w.k, w.n) };
+    let client = w.client();
+    let tiles = red / BK64;
+    let cubes = cols.div_ceil(BN) * m.div_ceil(WIDE_ROWS);
+    let parts = if dx {
+        1
+    } else {
+        let sms = client.properties().hardware.num_streaming_multiprocessors.unwrap_or(1) as usize;
+        auto_parts(cubes, sms, tiles / MIN_PART_STEPS)
+    };
+    // Every part gets at least one step.
+    let span = tiles.div_ceil(parts);
+    let parts = tiles.div_ceil(span);
+    let (absmax, qcodes, offset, double) = w.scale_args();
+    let arg = |t: &CubeTensor<R>, len: usize| unsafe { ArrayArg::from_raw_parts(t.handle.clone(), len) };
+    // Absent terms are never read (comptime off); `a` stands in for their arrays.
+    let rank = terms.lora.map_or(0, |l| l.2);
+    let (h_arg, b_arg) = match terms.lora {
+        Some((h, b, rank)) => (arg(h, m * rank / 8), arg(b, w.n * rank / 8)),
+        None => (arg(a, 1), arg(a, 1)),
+    };
+    let added_arg = terms.added.map_or_else(|| arg(a, 1), |t| arg(t, if dx { m * w.k } else { w.n }));
+    let count = CubeCount::Static(cols.div_ceil(BN) as u32, m.div_ceil(WIDE_ROWS) as u32, parts as u32);
+    let dim = CubeDim::new_1d(WIDE_THREADS as u32);
+    let partials = (parts > 1).then(|| empty(a, vec![parts * m, cols], DType::F32));
+    let target = partials.as_ref().unwrap_or(out);
+    let out_arg = arg(target, parts * m * cols);
+    let (lora, added) = (terms.lora.is_some(), terms.added.is_some());
+    macro_rules! go {
+        ($f:ty, $o:ty) => {
+            unsafe {
+                gemm_wide_kernel::launch_unchecked::<$f, $o, R>(
+                    client, count, dim, WIDE_WORDS, arg(a, m * red / 8), w.words_arg(WIDE_WORDS), absmax, qcodes, w.lut_arg(), out_arg, h_arg, b_arg, added_arg,
+                    offset, m, w.n, w.k, shift, rank, span, double, dx, lora, added,
+                )
+            }
+        };
+    }
+    match (a.dtype, partials.is_some()) {
+        (DType::BF16, false) => go!(half::bf16, half::bf16),
+        (DType::BF16, true) => go!(half::bf16, f32),
+        (DType::F16, false) => go!(half::f16, half::f16),
+        (DType::F16, true) => go!(half::f16, f32),
+        (dtype, _) => return Err(KernelError::Dtype { kernel, dtype }),
+    }
+    match &partials {
+        Some(p) => splitk_sum_into(p, Split { outer: 1, parts, inner: m * cols }, 1.0, out),
+        None => Ok(()),
     }
 }

@@ -10,7 +10,7 @@
 //! multiple of 32 or `K` not a multiple of 32); [`gemm_dx_into`] picks.
 
 use super::pipelined::gemm_dx64_kernel;
-use crate::gemm::wide::{gemm_wide_kernel, WIDE_ROWS, WIDE_THREADS, WIDE_WORDS};
+use crate::gemm::wide::{launch_wide, WideTerms};
 use crate::device::{block_scale, check_operand, empty, nibble, KernelError, Nf4Device};
 use crate::gemm::kernel::{launch_nf4_gemm, load_a_tile, store_tile, zero_accumulators, BK, BM, BN, LD};
 use crate::gemm::pipelined::BK64;
@@ -171,12 +171,7 @@ pub fn gemm_dx_into_with<R: CubeRuntime>(dy: &CubeTensor<R>, w: &Nf4Device<R>, d
     let dy_arg = unsafe { ArrayArg::from_raw_parts(dy.handle.clone(), m * w.n / 8) };
     let dx_arg = unsafe { ArrayArg::from_raw_parts(dx.handle.clone(), m * w.k) };
     if w.n % BK64 == 0 && w.k % 32 == 0 && config.mma == crate::gemm::GemmMma::Wide {
-        let count = CubeCount::Static(w.k.div_ceil(BN) as u32, m.div_ceil(WIDE_ROWS) as u32, 1);
-        let words = w.words_arg(WIDE_WORDS);
-        // The forward's epilogue arrays are never read (comptime off); dY stands in for them.
-        let unused = || unsafe { ArrayArg::from_raw_parts(dy.handle.clone(), 1) };
-        launch_nf4_gemm!(gemm_wide_kernel, NAME, dy.dtype, client, count, CubeDim::new_1d(WIDE_THREADS as u32), WIDE_WORDS, dy_arg, words, absmax, qcodes, w.lut_arg(), dx_arg, unused(), unused(), unused(), offset, m, w.n, w.k, shift, 0usize, double, true, false, false);
-        return Ok(());
+        return launch_wide(NAME, dy, w, dx, WideTerms { lora: None, added: None }, shift, true);
     }
     if w.n % BK64 == 0 && w.k % 32 == 0 {
         let (bm, wvec) = config.rows.rows_and_words();
