@@ -184,6 +184,12 @@ pub fn run<R: CubeRuntime>(client: &ComputeClient<R>, device: &R::Device, shapes
                     let lus = time_us(client, 5, |i| crate::gemm::gemm_lora_into(&x, &ws[i % copies], epilogue, &ys[i % 2]).unwrap());
                     let lflops = flops + 2.0 * (m * n * RANK) as f64;
                     push(BenchRow { op: "nf4 fused gemm + lora r64 + bias (r256 wide)".into(), m, n, k, us: lus, gbs: mb(bytes + 2 * (m + n) * RANK + 2 * n, lus), tflops: lflops / lus / 1e6, note: format!("{:+.1}% time vs r256 wide alone ({wus:.1} us)", 100.0 * (lus / wus - 1.0)) }, &mut rows);
+                    // The same product in one part (no split-K), against the automatic split
+                    // just timed as `r256 wide alone`.
+                    let shift = ws[0].blocksize.trailing_zeros();
+                    let none = crate::gemm::wide::WideTerms { lora: None, added: None };
+                    let ous = time_us(client, 5, |i| crate::gemm::wide::launch_wide_parts("bench", &x, &ws[i % copies], &ys[i % 2], none, shift, false, Some(1)).unwrap());
+                    push(BenchRow { op: "nf4 fused gemm, r256 wide, one part".into(), m, n, k, us: ous, gbs: mb(bytes, ous), tflops: flops / ous / 1e6, note: format!("the automatic split: {wus:.1} us ({:.2}x)", ous / wus) }, &mut rows);
                 }
             }
             if m >= 2048 {

@@ -291,22 +291,40 @@ pub(crate) struct WideTerms<'a, R: CubeRuntime> {
     pub added: Option<&'a CubeTensor<R>>,
 }
 
+// By hand: the derives would ask `R: Copy`, and only references are copied.
+impl<R: CubeRuntime> Clone for WideTerms<'_, R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<R: CubeRuntime> Copy for WideTerms<'_, R> {}
+
 /// Launches [`gemm_wide_kernel`] for `a` (`X [M, K]`, or `dY [M, N]` with `dx`) into the
 /// contiguous `out` of `a`'s dtype, operands checked by the caller. A forward whose output
 /// tiles do not fill the GPU's multiprocessors is cut into [`auto_parts`] parts (f32 partials,
 /// then one sum); `dX` is never cut (its outputs at the 7B shapes have enough tiles, and its
 /// whole-matrix term is added by part 0 only).
 pub(crate) fn launch_wide<R: CubeRuntime>(kernel: &'static str, a: &CubeTensor<R>, w: &Nf4Device<R>, out: &CubeTensor<R>, terms: WideTerms<'_, R>, shift: u32, dx: bool) -> Result<(), KernelError> {
+    launch_wide_parts(kernel, a, w, out, terms, shift, dx, None)
+}
+
+/// [`launch_wide`] with the forward's parts given (`None`: automatic; `bench kernels` times
+/// one part against the split).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn launch_wide_parts<R: CubeRuntime>(kernel: &'static str, a: &CubeTensor<R>, w: &Nf4Device<R>, out: &CubeTensor<R>, terms: WideTerms<'_, R>, shift: u32, dx: bool, parts: Option<usize>) -> Result<(), KernelError> {
     let m = a.meta.shape().first().copied().unwrap_or(0);
     let (red, cols) = if dx { (w.n, w.k) } else { (w.k, w.n) };
     let client = w.client();
     let tiles = red / BK64;
     let cubes = cols.div_ceil(BN) * m.div_ceil(WIDE_ROWS);
-    let parts = if dx {
-        1
-    } else {
-        let sms = client.properties().hardware.num_streaming_multiprocessors.unwrap_or(1) as usize;
-        auto_parts(cubes, sms, tiles / MIN_PART_STEPS)
+    let parts = match (dx, parts) {
+        (true, _) => 1,
+        (false, Some(p)) => p.clamp(1, tiles.max(1)),
+        (false, None) => {
+            let sms = client.properties().hardware.num_streaming_multiprocessors.unwrap_or(1) as usize;
+            auto_parts(cubes, sms, tiles / MIN_PART_STEPS)
+        }
     };
     // Every part gets at least one step.
     let span = tiles.div_ceil(parts);
