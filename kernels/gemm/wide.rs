@@ -30,7 +30,7 @@
 //!
 //! A forward whose output has fewer tiles than the GPU has multiprocessors (the 7B `k_proj` /
 //! `v_proj` at 2,048 rows: 4 x 8 tiles on 132 SMs, 53-63 TFLOP/s) cuts its reduction into parts
-//! along the grid's third dimension ([`launch_wide`], `crate::gemm_dense::auto_parts`): each
+//! along the grid's third dimension ([`launch_wide`], `crate::gemm_dense::plan_parts`): each
 //! part writes f32 partials to its own rows of a `[parts * M, N]` buffer, which
 //! [`crate::splitk_sum`] adds; part 0 alone takes the adapter's steps and the bias.
 //!
@@ -42,7 +42,7 @@
 
 use super::kernel::BN;
 use crate::device::{empty, KernelError, Nf4Device};
-use crate::gemm_dense::{auto_parts, MIN_PART_STEPS};
+use crate::gemm_dense::plan_parts;
 use crate::splitk_sum::{splitk_sum_into, Split};
 use burn_backend::DType;
 use burn_cubecl::tensor::CubeTensor;
@@ -302,7 +302,7 @@ impl<R: CubeRuntime> Copy for WideTerms<'_, R> {}
 
 /// Launches [`gemm_wide_kernel`] for `a` (`X [M, K]`, or `dY [M, N]` with `dx`) into the
 /// contiguous `out` of `a`'s dtype, operands checked by the caller. A forward whose output
-/// tiles do not fill the GPU's multiprocessors is cut into [`auto_parts`] parts (f32 partials,
+/// tiles do not fill the GPU's multiprocessors is cut into `crate::gemm_dense::auto_parts` parts (f32 partials,
 /// then one sum); `dX` is never cut (its outputs at the 7B shapes have enough tiles, and its
 /// whole-matrix term is added by part 0 only).
 pub(crate) fn launch_wide<R: CubeRuntime>(kernel: &'static str, a: &CubeTensor<R>, w: &Nf4Device<R>, out: &CubeTensor<R>, terms: WideTerms<'_, R>, shift: u32, dx: bool) -> Result<(), KernelError> {
@@ -316,19 +316,9 @@ pub(crate) fn launch_wide_parts<R: CubeRuntime>(kernel: &'static str, a: &CubeTe
     let m = a.meta.shape().first().copied().unwrap_or(0);
     let (red, cols) = if dx { (w.n, w.k) } else { (w.k, w.n) };
     let client = w.client();
-    let tiles = red / BK64;
     let cubes = cols.div_ceil(BN) * m.div_ceil(WIDE_ROWS);
-    let parts = match (dx, parts) {
-        (true, _) => 1,
-        (false, Some(p)) => p.clamp(1, tiles.max(1)),
-        (false, None) => {
-            let sms = client.properties().hardware.num_streaming_multiprocessors.unwrap_or(1) as usize;
-            auto_parts(cubes, sms, tiles / MIN_PART_STEPS)
-        }
-    };
-    // Every part gets at least one step.
-    let span = tiles.div_ceil(parts);
-    let parts = tiles.div_ceil(span);
+    let sms = client.properties().hardware.num_streaming_multiprocessors.unwrap_or(1) as usize;
+    let (parts, span) = plan_parts(red / BK64, cubes, sms, if dx { Some(1) } else { parts });
     let (absmax, qcodes, offset, double) = w.scale_args();
     let arg = |t: &CubeTensor<R>, len: usize| unsafe { ArrayArg::from_raw_parts(t.handle.clone(), len) };
     // Absent terms are never read (comptime off); `a` stands in for their arrays.

@@ -3,7 +3,7 @@
 //! copied global -> shared by `cp.async` (nothing to decode). The grid's third dimension cuts
 //! the reduction into parts whose f32 partials [`crate::splitk_sum`] adds.
 
-use super::{auto_parts, DenseProduct, MIN_PART_STEPS};
+use super::{plan_parts, DenseProduct};
 use crate::device::{check_operand, empty, KernelError};
 use crate::gemm::kernel::BN;
 use crate::gemm::mma::{mma_products_k16, store_mma_tile, zero_mma_accumulators};
@@ -130,8 +130,8 @@ pub fn gemm_dense_into<R: CubeRuntime>(a: &CubeTensor<R>, w: &CubeTensor<R>, pro
         return Err(KernelError::Dtype { kernel: NAME, dtype: if w.dtype != a.dtype { w.dtype } else { out.dtype } });
     }
     // Whole 64-wide reduction steps; 16-byte rows and starts for `cp.async`.
-    if red % BK64 != 0 || k % 8 != 0 {
-        return bad(format!("the reduction ({red}) is not a multiple of {BK64}, or K = {k} of 8"));
+    if red == 0 || red % BK64 != 0 || k % 8 != 0 {
+        return bad(format!("the reduction ({red}) is not a positive multiple of {BK64}, or K = {k} of 8"));
     }
     if [a, w].iter().any(|t| t.handle.offset_start.unwrap_or(0) % 16 != 0) {
         return bad("an operand does not start on 16 bytes".into());
@@ -140,18 +140,9 @@ pub fn gemm_dense_into<R: CubeRuntime>(a: &CubeTensor<R>, w: &CubeTensor<R>, pro
         return Ok(());
     }
     let client = &a.client;
-    let tiles = red / BK64;
     let cubes = cols.div_ceil(BN) * m.div_ceil(WIDE_ROWS);
-    let parts = match parts {
-        Some(p) => p.clamp(1, tiles),
-        None => {
-            let sms = client.properties().hardware.num_streaming_multiprocessors.unwrap_or(1) as usize;
-            auto_parts(cubes, sms, tiles / MIN_PART_STEPS)
-        }
-    };
-    // Every part gets at least one step.
-    let span = tiles.div_ceil(parts);
-    let parts = tiles.div_ceil(span);
+    let sms = client.properties().hardware.num_streaming_multiprocessors.unwrap_or(1) as usize;
+    let (parts, span) = plan_parts(red / BK64, cubes, sms, parts);
     let count = CubeCount::Static(cols.div_ceil(BN) as u32, m.div_ceil(WIDE_ROWS) as u32, parts as u32);
     let dim = CubeDim::new_1d(WIDE_THREADS as u32);
     let arg = |t: &CubeTensor<R>, len: usize| unsafe { ArrayArg::from_raw_parts(t.handle.clone(), len) };

@@ -48,6 +48,20 @@ pub fn auto_parts(cubes: usize, sms: usize, max_parts: usize) -> usize {
     candidates.clone().find(|&p| fill(p) >= 0.9).unwrap_or_else(|| candidates.fold(1, |best, p| if fill(p) > fill(best) + 1e-9 { p } else { best }))
 }
 
+/// `(parts, span)`: a reduction of `tiles` 64-wide steps whose output is `cubes` tiles, on a
+/// GPU of `sms` multiprocessors, cut into `parts` (given, at most `tiles`; `None`:
+/// [`auto_parts`]) of `span` steps each, the last possibly shorter; every part gets at least
+/// one step, so the count may come out below the one asked.
+pub fn plan_parts(tiles: usize, cubes: usize, sms: usize, parts: Option<usize>) -> (usize, usize) {
+    let tiles = tiles.max(1);
+    let asked = match parts {
+        Some(p) => p.clamp(1, tiles),
+        None => auto_parts(cubes, sms, tiles / MIN_PART_STEPS),
+    };
+    let span = tiles.div_ceil(asked);
+    (tiles.div_ceil(span), span)
+}
+
 /// [`gemm_dense_into`] into a new contiguous output of `a`'s dtype. `a` (`X [M, K]` or `dY
 /// [M, N]`) and `W` contiguous, both bf16 or both f16, the reduction a multiple of 64, `K` of 8,
 /// both starting on 16 bytes; `parts`: the split of the reduction (`None`: [`auto_parts`]).
@@ -87,5 +101,25 @@ mod part_tests {
         // No part count reaches 90%: the fullest last wave within the cap.
         let p = auto_parts(50, 132, 3);
         assert_eq!(p, 2, "100 of 132 beats 50 and 150 of 264");
+    }
+
+    #[test]
+    fn every_part_gets_a_step() {
+        use super::plan_parts;
+        // 7 parts of 2,376 steps: 340 each, the last 336.
+        assert_eq!(plan_parts(2376, 56, 132, None), (7, 340));
+        // Asked 3 of 7 steps: spans of 3 leave 3 parts (3 + 3 + 1); asked 5: spans of 2 leave
+        // 4 parts, none empty.
+        assert_eq!(plan_parts(7, 6, 132, Some(3)), (3, 3));
+        assert_eq!(plan_parts(7, 6, 132, Some(5)), (4, 2));
+        // More parts than steps, or none asked for: clamped.
+        assert_eq!(plan_parts(2, 6, 132, Some(9)), (2, 1));
+        assert_eq!(plan_parts(2, 6, 132, Some(0)), (1, 2));
+        for tiles in 1..200 {
+            for asked in 1..20 {
+                let (parts, span) = plan_parts(tiles, 1, 132, Some(asked));
+                assert!((parts - 1) * span < tiles && parts * span >= tiles, "{tiles} steps, {asked} asked: {parts} x {span}");
+            }
+        }
     }
 }
