@@ -308,7 +308,7 @@ pub fn attention_products<R: CubeRuntime>(client: &ComputeClient<R>, device: &R:
 /// 512-row chunk (`x W^T` over 152,064 rows of `W`, and `dY W` reducing them, the latter also
 /// in one part) and the 7B projections at 2,048 rows (a model trained without quantization).
 pub fn dense_products<R: CubeRuntime>(client: &ComputeClient<R>, device: &R::Device, mut print: impl FnMut(&BenchRow)) -> Vec<BenchRow> {
-    use crate::gemm_dense::{gemm_dense_into, DenseProduct};
+    use crate::gemm_dense::{gemm_dense_into, Direction};
     let mut rng = rand::rng();
     let mut rows = Vec::new();
     let mut rand_t = |shape: Vec<usize>| {
@@ -320,13 +320,13 @@ pub fn dense_products<R: CubeRuntime>(client: &ComputeClient<R>, device: &R::Dev
     for (m, n, k) in cases {
         let w = rand_t(vec![n, k]);
         let flops = 2.0 * (m * n * k) as f64;
-        for product in [DenseProduct::Forward, DenseProduct::InputGrad] {
-            let (a_cols, out_cols) = if product == DenseProduct::Forward { (k, n) } else { (n, k) };
+        for product in [Direction::Forward, Direction::InputGrad] {
+            let (a_cols, out_cols) = if product == Direction::Forward { (k, n) } else { (n, k) };
             let a = rand_t(vec![m, a_cols]);
             let out = empty(&a, vec![m, out_cols], DType::BF16);
             // Burn's operand as the model hands it: `W^T` a transposed view for the forward.
             let mut b = w.clone();
-            if product == DenseProduct::Forward {
+            if product == Direction::Forward {
                 b.meta.swap(0, 1);
             }
             let bytes = 2 * (m * a_cols + n * k + m * out_cols);
@@ -346,13 +346,13 @@ pub fn dense_products<R: CubeRuntime>(client: &ComputeClient<R>, device: &R::Dev
                     (what, us)
                 })
                 .collect();
-            let dir = if product == DenseProduct::Forward { "Y = X W^T" } else { "dX = dY W" };
+            let dir = if product == Direction::Forward { "Y = X W^T" } else { "dX = dY W" };
             for &(what, us) in &burn {
                 row(format!("burn bf16 matmul {dir}, {what}"), us, String::new());
             }
             let best = burn.iter().map(|b| b.1).fold(f64::INFINITY, f64::min);
             let mut ours = vec![("parts auto", None)];
-            if product == DenseProduct::InputGrad {
+            if product == Direction::InputGrad {
                 ours.push(("one part", Some(1)));
             }
             for (what, parts) in ours {

@@ -3,7 +3,7 @@
 //! copied global -> shared by `cp.async` (nothing to decode). The grid's third dimension cuts
 //! the reduction into parts whose f32 partials [`crate::splitk_sum`] adds.
 
-use super::{plan_parts, DenseProduct};
+use super::{plan_parts, Direction};
 use crate::device::{check_operand, empty, KernelError};
 use crate::gemm::kernel::BN;
 use crate::gemm::mma::{mma_products_k16, store_mma_tile, zero_mma_accumulators};
@@ -115,13 +115,13 @@ const NAME: &str = "dense gemm";
 
 /// [`super::gemm_dense`] into a given contiguous output (`[M, N]` forward, `[M, K]` input
 /// gradient; tests pass a poisoned one).
-pub fn gemm_dense_into<R: CubeRuntime>(a: &CubeTensor<R>, w: &CubeTensor<R>, product: DenseProduct, parts: Option<usize>, out: &CubeTensor<R>) -> Result<(), KernelError> {
+pub fn gemm_dense_into<R: CubeRuntime>(a: &CubeTensor<R>, w: &CubeTensor<R>, product: Direction, parts: Option<usize>, out: &CubeTensor<R>) -> Result<(), KernelError> {
     let bad = |what: String| Err(KernelError::Shape { kernel: NAME, what });
     let wd: Vec<usize> = w.meta.shape().iter().copied().collect();
     let [n, k] = wd[..] else {
         return bad(format!("W {wd:?} is not a [N, K] matrix"));
     };
-    let dx = product == DenseProduct::InputGrad;
+    let dx = product == Direction::InputGrad;
     let (red, cols) = if dx { (n, k) } else { (k, n) };
     check_operand(NAME, w, Some(n), k)?;
     let m = check_operand(NAME, a, None, red)?;

@@ -22,7 +22,7 @@ mod tests;
 
 /// Which product of `W [N, K]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DenseProduct {
+pub enum Direction {
     /// `Y[M, N] = X[M, K] W^T` (reduces `K`).
     Forward,
     /// `dX[M, K] = dY[M, N] W` (reduces `N`).
@@ -70,14 +70,14 @@ pub fn plan_parts(tiles: usize, cubes: usize, sms: usize, parts: Option<usize>) 
 pub fn gemm_dense<R: burn_cubecl::CubeRuntime>(
     a: &burn_cubecl::tensor::CubeTensor<R>,
     w: &burn_cubecl::tensor::CubeTensor<R>,
-    product: DenseProduct,
+    product: Direction,
     parts: Option<usize>,
 ) -> Result<burn_cubecl::tensor::CubeTensor<R>, crate::device::KernelError> {
     let rows = a.meta.shape().first().copied().unwrap_or(0);
     let wd: Vec<usize> = w.meta.shape().iter().copied().collect();
     let cols = match (product, &wd[..]) {
-        (DenseProduct::Forward, &[n, _]) => n,
-        (DenseProduct::InputGrad, &[_, k]) => k,
+        (Direction::Forward, &[n, _]) => n,
+        (Direction::InputGrad, &[_, k]) => k,
         _ => return Err(crate::device::KernelError::Shape { kernel: "dense gemm", what: format!("W {wd:?} is not a [N, K] matrix") }),
     };
     let out = crate::device::empty(a, vec![rows, cols], a.dtype);

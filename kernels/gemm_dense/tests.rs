@@ -6,7 +6,7 @@
 mod device {
     use crate::device::{poisoned, read_f32, upload_float};
     use crate::gemm_dense::reference::{matmul_dx, matmul_t};
-    use crate::gemm_dense::{gemm_dense, gemm_dense_into, DenseProduct};
+    use crate::gemm_dense::{gemm_dense, gemm_dense_into, Direction};
     use crate::testutil::{assert_close, cuda, rng, round_bf16, uniform};
     use burn_backend::DType;
     use rand::Rng;
@@ -26,24 +26,24 @@ mod device {
         // gradient (long reduction, few cubes: auto cuts it), random shapes with partial
         // tiles, one part and three, a part count that leaves the last part short.
         let cases = [
-            (DenseProduct::Forward, 2048, 512, 3584, None),
-            (DenseProduct::InputGrad, 256, 64 * 200, 512, None),
-            (DenseProduct::Forward, rng.random_range(1..300), rng.random_range(1..300), 64 * rng.random_range(1..12), Some(1)),
-            (DenseProduct::InputGrad, rng.random_range(1..300), 64 * rng.random_range(3..12), 8 * rng.random_range(1..60), Some(3)),
-            (DenseProduct::Forward, rng.random_range(1..300), rng.random_range(1..300), 64 * 7, Some(3)),
-            (DenseProduct::InputGrad, rng.random_range(1..300), 64, 8 * rng.random_range(1..60), None),
+            (Direction::Forward, 2048, 512, 3584, None),
+            (Direction::InputGrad, 256, 64 * 200, 512, None),
+            (Direction::Forward, rng.random_range(1..300), rng.random_range(1..300), 64 * rng.random_range(1..12), Some(1)),
+            (Direction::InputGrad, rng.random_range(1..300), 64 * rng.random_range(3..12), 8 * rng.random_range(1..60), Some(3)),
+            (Direction::Forward, rng.random_range(1..300), rng.random_range(1..300), 64 * 7, Some(3)),
+            (Direction::InputGrad, rng.random_range(1..300), 64, 8 * rng.random_range(1..60), None),
         ];
         for (case, (product, m, n, k, parts)) in cases.into_iter().enumerate() {
             let (dtype, name, bound) = if case % 2 == 0 { (DType::BF16, "DENSE_BF16_REL", DENSE_BF16_REL) } else { (DType::F16, "DENSE_F16_REL", DENSE_F16_REL) };
             let w = round(uniform(&mut rng, n * k, 1.0), dtype);
             let (a_cols, out_cols) = match product {
-                DenseProduct::Forward => (k, n),
-                DenseProduct::InputGrad => (n, k),
+                Direction::Forward => (k, n),
+                Direction::InputGrad => (n, k),
             };
             let a = round(uniform(&mut rng, m * a_cols, 1.0), dtype);
             let want = match product {
-                DenseProduct::Forward => matmul_t(&a, &w, m, n, k),
-                DenseProduct::InputGrad => matmul_dx(&a, &w, m, n, k),
+                Direction::Forward => matmul_t(&a, &w, m, n, k),
+                Direction::InputGrad => matmul_dx(&a, &w, m, n, k),
             };
             let ad = upload_float(&client, &device, &a, vec![m, a_cols], dtype);
             let wd = upload_float(&client, &device, &w, vec![n, k], dtype);
@@ -54,10 +54,10 @@ mod device {
         }
         let bf = |rows: usize, cols: usize, rng: &mut rand::rngs::StdRng| upload_float(&client, &device, &uniform(rng, rows * cols, 1.0), vec![rows, cols], DType::BF16);
         let (x, w) = (bf(8, 96, &mut rng), bf(40, 96, &mut rng));
-        assert!(gemm_dense(&x, &w, DenseProduct::Forward, None).is_err(), "K = 96 is not a multiple of 64");
+        assert!(gemm_dense(&x, &w, Direction::Forward, None).is_err(), "K = 96 is not a multiple of 64");
         let (dy, w) = (bf(8, 40, &mut rng), bf(40, 64, &mut rng));
-        assert!(gemm_dense(&dy, &w, DenseProduct::InputGrad, None).is_err(), "N = 40 is not a multiple of 64");
+        assert!(gemm_dense(&dy, &w, Direction::InputGrad, None).is_err(), "N = 40 is not a multiple of 64");
         let w16 = upload_float(&client, &device, &uniform(&mut rng, 40 * 64, 1.0), vec![40, 64], DType::F16);
-        assert!(gemm_dense(&bf(8, 64, &mut rng), &w16, DenseProduct::Forward, None).is_err(), "W of another dtype");
+        assert!(gemm_dense(&bf(8, 64, &mut rng), &w16, Direction::Forward, None).is_err(), "W of another dtype");
     }
 }

@@ -75,7 +75,7 @@ fn frozen_matmul_t_with<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>, min_split:
 /// `x W^T`: the kernel where it serves, else [`matmul_weight_t`].
 fn forward<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
     #[cfg(feature = "cuda")]
-    let (x, w) = match cuda::product(x, w, medqlora_kernels::gemm_dense::DenseProduct::Forward) {
+    let (x, w) = match cuda::product(x, w, medqlora_kernels::gemm_dense::Direction::Forward) {
         Ok(y) => return y,
         Err(back) => back,
     };
@@ -94,7 +94,7 @@ fn parts(n: usize, min_split: usize) -> usize {
 /// `g [m, n] w [n, k] -> [m, k]` in `g`'s dtype, the reduction over `n` cut ([`parts`]).
 fn input_grad<B: Backend>(g: Tensor<B, 2>, w: Tensor<B, 2>, min_split: usize) -> Tensor<B, 2> {
     #[cfg(feature = "cuda")]
-    let (g, w) = match cuda::product(g, w, medqlora_kernels::gemm_dense::DenseProduct::InputGrad) {
+    let (g, w) = match cuda::product(g, w, medqlora_kernels::gemm_dense::Direction::InputGrad) {
         Ok(dx) => return dx,
         Err(back) => back,
     };
@@ -159,14 +159,14 @@ mod cuda {
     use crate::model::cuda_tensor::{back, cube, cube_of};
     use burn::tensor::backend::Backend;
     use burn::tensor::Tensor;
-    use medqlora_kernels::gemm_dense::{gemm_dense, DenseProduct};
+    use medqlora_kernels::gemm_dense::{gemm_dense, Direction};
     use std::sync::atomic::Ordering;
 
     type Pair<B> = (Tensor<B, 2>, Tensor<B, 2>);
 
     /// `a W^T` or `a W` by the kernel when both are CUDA tensors it takes, `a` has at least
     /// [`KERNEL_MIN_ROWS`] rows and the process chose the kernel; else the operands back.
-    pub(super) fn product<B: Backend>(a: Tensor<B, 2>, w: Tensor<B, 2>, product: DenseProduct) -> Result<Tensor<B, 2>, Pair<B>> {
+    pub(super) fn product<B: Backend>(a: Tensor<B, 2>, w: Tensor<B, 2>, direction: Direction) -> Result<Tensor<B, 2>, Pair<B>> {
         if BURN_DENSE.load(Ordering::Relaxed) || a.dims()[0] < KERNEL_MIN_ROWS {
             return Err((a, w));
         }
@@ -175,7 +175,7 @@ mod cuda {
             Err(a) => return Err((float(a), w)),
         };
         let wc = cube_of(prim(w));
-        match gemm_dense(&ac, &wc, product, None) {
+        match gemm_dense(&ac, &wc, direction, None) {
             Ok(out) => Ok(float(back(out))),
             Err(_) => Err((float(back(ac)), float(back(wc)))),
         }
