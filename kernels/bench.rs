@@ -188,8 +188,18 @@ pub fn run<R: CubeRuntime>(client: &ComputeClient<R>, device: &R::Device, shapes
                     // just timed as `r256 wide alone`.
                     let shift = ws[0].blocksize.trailing_zeros();
                     let none = crate::gemm::wide::WideTerms { lora: None, added: None };
-                    let ous = time_us(client, 5, |i| crate::gemm::wide::launch_wide_parts("bench", &x, &ws[i % copies], &ys[i % 2], none, shift, false, Some(1)).unwrap());
+                    let ous = time_us(client, 5, |i| crate::gemm::wide::launch_wide_parts("bench", &x, &ws[i % copies], &ys[i % 2], none, shift, false, Some(1), crate::gemm::GemmMma::Wide).unwrap());
                     push(BenchRow { op: "nf4 fused gemm, r256 wide, one part".into(), m, n, k, us: ous, gbs: mb(bytes, ous), tflops: flops / ous / 1e6, note: format!("the automatic split: {wus:.1} us ({:.2}x)", ous / wus) }, &mut rows);
+                    // The forward on Hopper's warpgroup MMA (`--nf4-product fused256-wgmma`),
+                    // plain and with the adapter and bias, against the wide kernel's.
+                    let wg = crate::gemm::GemmConfig { mma: crate::gemm::GemmMma::Wgmma, ..wide };
+                    let gus = time_us(client, 5, |i| crate::gemm::gemm_into_with(&x, &ws[i % copies], &ys[i % 2], wg).unwrap());
+                    push(BenchRow { op: "nf4 fused gemm, wgmma".into(), m, n, k, us: gus, gbs: mb(bytes, gus), tflops: flops / gus / 1e6, note: format!("{:.2}x r256 wide ({wus:.1} us)", wus / gus) }, &mut rows);
+                    // Its other mainloop: fragments decoded into registers, not overlapped.
+                    let rus = time_us(client, 5, |i| crate::gemm_wgmma::try_launch("bench", &x, &ws[i % copies], &ys[i % 2], none, shift, false, None, crate::gemm_wgmma::Mainloop::Registers).expect("CUDA, whole tiles").unwrap());
+                    push(BenchRow { op: "nf4 fused gemm, wgmma, registers mainloop".into(), m, n, k, us: rus, gbs: mb(bytes, rus), tflops: flops / rus / 1e6, note: format!("{:.2}x the shared-memory mainloop", gus / rus) }, &mut rows);
+                    let glus = time_us(client, 5, |i| crate::gemm::gemm_lora_into_with(&x, &ws[i % copies], epilogue, &ys[i % 2], crate::gemm::GemmMma::Wgmma).unwrap());
+                    push(BenchRow { op: "nf4 fused gemm + lora r64 + bias (wgmma)".into(), m, n, k, us: glus, gbs: mb(bytes + 2 * (m + n) * RANK + 2 * n, glus), tflops: lflops / glus / 1e6, note: format!("{:.2}x r256 wide's ({lus:.1} us)", lus / glus) }, &mut rows);
                 }
             }
             if m >= 2048 {
@@ -217,6 +227,15 @@ pub fn run<R: CubeRuntime>(client: &ComputeClient<R>, device: &R::Device, shapes
                 let addend = upload_float(client, device, &(0..m * k).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), vec![m, k], DType::BF16);
                 let aus = time_us(client, 5, |i| crate::gemm::gemm_dx_add_into(&dy, &ws[i % copies], &addend, &dxs[i % 2]).unwrap());
                 push(BenchRow { op: "nf4 fused gemm dX = dY W + D (r256 wide)".into(), m, n, k, us: aus, gbs: mb(bytes + 2 * m * k, aus), tflops: flops / aus / 1e6, note: format!("{:+.1}% time vs r256 wide alone ({wus:.1} us)", 100.0 * (aus / wus - 1.0)) }, &mut rows);
+                // dX on Hopper's warpgroup MMA (`--nf4-product fused256-wgmma`), plain and
+                // with the added term, against the wide kernel's.
+                let wg = crate::gemm::GemmConfig { mma: crate::gemm::GemmMma::Wgmma, ..wide };
+                let gus = time_us(client, 5, |i| crate::gemm_dx::gemm_dx_into_with(&dy, &ws[i % copies], &dxs[i % 2], wg).unwrap());
+                push(BenchRow { op: "nf4 fused gemm dX = dY W, wgmma".into(), m, n, k, us: gus, gbs: mb(bytes, gus), tflops: flops / gus / 1e6, note: format!("{:.2}x r256 wide ({wus:.1} us)", wus / gus) }, &mut rows);
+                let shift = ws[0].blocksize.trailing_zeros();
+                let terms = crate::gemm::wide::WideTerms { lora: None, added: Some(&addend) };
+                let gaus = time_us(client, 5, |i| crate::gemm::wide::launch_wide("bench", &dy, &ws[i % copies], &dxs[i % 2], terms, shift, true, crate::gemm::GemmMma::Wgmma).unwrap());
+                push(BenchRow { op: "nf4 fused gemm dX = dY W + D (wgmma)".into(), m, n, k, us: gaus, gbs: mb(bytes + 2 * m * k, gaus), tflops: flops / gaus / 1e6, note: format!("{:.2}x r256 wide's ({aus:.1} us)", aus / gaus) }, &mut rows);
                 for config in crate::gemm::GemmConfig::ALL.into_iter().filter(|c| *c != crate::gemm::GemmConfig::default()) {
                     let what = config.name();
                     let us = time_us(client, 5, |i| crate::gemm_dx::gemm_dx_into_with(&dy, &ws[i % copies], &dxs[i % 2], config).unwrap());

@@ -175,6 +175,26 @@ pub fn variants<R: Runtime>(client: &ComputeClient<R>) -> Vec<Variant> {
             }
         });
     }
+    // The `wgmma` forward (CUDA C++): every variant its launcher builds.
+    for mainloop in [crate::gemm_wgmma::Mainloop::Shared, crate::gemm_wgmma::Mainloop::Registers] {
+    for bf16 in [true, false] {
+        for double in [false, true] {
+            for (out_f32, lora, bias) in [(false, false, false), (false, true, true), (true, false, false), (true, true, true), (false, true, false), (false, false, true)] {
+                let v = crate::gemm_wgmma::Variant { bf16, out_f32, double, lora, bias, mainloop, dx: false, addend: false };
+                out.push(Variant { name: format!("wgmma forward {}", v.entry().trim_start_matches("nf4_wgmma_").replace('_', " ")), task: Box::new(crate::gemm_wgmma::task(client.clone(), v)) });
+            }
+        }
+    }
+    }
+    // Its input gradient (shared-memory mainloop only), plain and with the added term.
+    for bf16 in [true, false] {
+        for double in [false, true] {
+            for addend in [false, true] {
+                let v = crate::gemm_wgmma::Variant { bf16, out_f32: false, double, lora: false, bias: false, mainloop: crate::gemm_wgmma::Mainloop::Shared, dx: true, addend };
+                out.push(Variant { name: format!("wgmma {}", v.entry().trim_start_matches("nf4_wgmma_").replace('_', " ")), task: Box::new(crate::gemm_wgmma::task(client.clone(), v)) });
+            }
+        }
+    }
     // The dense products (not per scale layout): into the dtype itself, or into f32 partials.
     each_float!([half::bf16 => "bf16", half::f16 => "f16"], F, t => {
         for dx in [false, true] {

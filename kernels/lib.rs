@@ -16,6 +16,8 @@
 //!   shared memory feeding tensor-core (cmma) instructions, f32 accumulation (a reduction whose
 //!   output has too few tiles for the GPU cut into parts, summed by [`splitk_sum`]);
 //! - [`gemm_dx`]: the backward product `dX[M, K] = dY[M, N] W` of the frozen weight;
+//! - [`gemm_wgmma`]: the prefill/training forward on Hopper's warpgroup MMA, in CUDA C++
+//!   launched through cubecl's CUDA server ([`cuda_source`]), where the GPU and shape allow;
 //! - [`gemm_dense`]: both products for a dense 16-bit frozen weight (the vocabulary head), on
 //!   the same tensor-core core, the reduction cut into parts where the output has few tiles;
 //! - [`adamw8`]: the 8-bit blockwise AdamW step (bitsandbytes' `AdamW8bit`) for the adapters;
@@ -38,6 +40,7 @@ pub mod dropout;
 pub mod gemm;
 pub mod gemm_dense;
 pub mod gemm_dx;
+pub mod gemm_wgmma;
 pub mod gemv;
 pub mod nf4;
 pub mod rmsnorm;
@@ -51,6 +54,8 @@ pub mod testutil;
 pub mod bench;
 #[cfg(feature = "cuda-check")]
 pub mod cuda_check;
+#[cfg(feature = "cuda")]
+pub mod cuda_source;
 #[cfg(feature = "launch")]
 pub mod device;
 

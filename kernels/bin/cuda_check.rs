@@ -92,12 +92,18 @@ fn main() -> ExitCode {
                     let (cubes, limit) = cubes_per_sm(src.threads, r.registers, src.shared_bytes);
                     let spills = r.spill_stores + r.spill_loads > 0;
                     let known = known_spill(&src.name);
-                    failed += (spills && known.is_none()) as usize;
-                    let mark = match (spills, known) {
+                    // ptxas' performance advisories (e.g. `wgmma` serialized for want of
+                    // registers) fail the check like a spill.
+                    let advisory = log.lines().find(|l| l.contains("Performance Loss") || l.contains("Performance Advisory")).map(str::trim);
+                    failed += (spills && known.is_none() || advisory.is_some()) as usize;
+                    let mut mark = match (spills, known) {
                         (false, _) => String::new(),
                         (true, None) => " **spills**".into(),
                         (true, Some(why)) => format!(" (accepted: {why})"),
                     };
+                    if let Some(a) = advisory {
+                        mark.push_str(&format!(" **{a}**"));
+                    }
                     println!("| {} | {} | {} | {}/{}{mark} | {} | {cubes} ({limit}) |", src.name, src.threads, r.registers, r.spill_stores, r.spill_loads, src.shared_bytes);
                 }
                 None => println!("| {} | {} | no ptxas report in the log | | {} | |", src.name, src.threads, src.shared_bytes),

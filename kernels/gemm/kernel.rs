@@ -286,6 +286,11 @@ pub enum GemmMma {
     /// tile sets, the activation tile copied by `cp.async` (see the `wide` module). Takes
     /// 256 rows and two stages whatever `rows` and `stages` say.
     Wide,
+    /// As `Wide`, with both products on Hopper's warpgroup MMA where the CUDA runtime and the
+    /// shape allow ([`crate::gemm_wgmma`]: 128 x 256 tiles, the weight decoded into shared
+    /// memory while the previous step's products run); whatever it declines takes the wide
+    /// kernel.
+    Wgmma,
 }
 
 /// How many sets of shared tiles the pipelined NF4 GEMMs cycle through.
@@ -323,8 +328,10 @@ pub struct GemmConfig {
 impl GemmConfig {
     /// Short name for reports, e.g. `r256 ldmatrix 2stage` (one stage unnamed).
     pub fn name(&self) -> String {
-        if self.mma == GemmMma::Wide {
-            return "r256 wide".into();
+        match self.mma {
+            GemmMma::Wide => return "r256 wide".into(),
+            GemmMma::Wgmma => return "r256 wgmma".into(),
+            _ => {}
         }
         let rows = if self.rows == GemmRows::R256 { 256 } else { 128 };
         let mma = if self.mma == GemmMma::Ldmatrix { "ldmatrix" } else { "wmma" };
@@ -379,8 +386,8 @@ pub fn gemm_into_with<R: CubeRuntime>(x: &CubeTensor<R>, w: &Nf4Device<R>, y: &C
     let (absmax, qcodes, offset, double) = w.scale_args();
     let x_arg = unsafe { ArrayArg::from_raw_parts(x.handle.clone(), m * w.k / 8) };
     let y_arg = unsafe { ArrayArg::from_raw_parts(y.handle.clone(), m * w.n) };
-    if w.k % BK64 == 0 && config.mma == GemmMma::Wide {
-        return launch_wide(NAME, x, w, y, WideTerms { lora: None, added: None }, shift, false);
+    if w.k % BK64 == 0 && matches!(config.mma, GemmMma::Wide | GemmMma::Wgmma) {
+        return launch_wide(NAME, x, w, y, WideTerms { lora: None, added: None }, shift, false, config.mma);
     }
     if w.k % BK64 == 0 {
         let (bm, wvec) = config.rows.rows_and_words();

@@ -4,6 +4,7 @@
 //! references are the dense products plus the same terms ([`crate::gemv::reference::matmul_t`],
 //! [`crate::gemm_dx::reference`], [`reference`]).
 
+use super::kernel::GemmMma;
 use super::pipelined::BK64;
 use super::wide::{launch_wide, WideTerms};
 use crate::device::{check_operand, empty, KernelError, Nf4Device};
@@ -36,14 +37,25 @@ impl<R: CubeRuntime> Copy for GemmEpilogue<'_, R> {}
 /// tensor of `X`'s dtype. `X` contiguous bf16/f16 with `K % 64 == 0`; anything the kernel
 /// does not take is an error (the caller runs the separate launches).
 pub fn gemm_lora<R: CubeRuntime>(x: &CubeTensor<R>, w: &Nf4Device<R>, epilogue: GemmEpilogue<'_, R>) -> Result<CubeTensor<R>, KernelError> {
+    gemm_lora_with(x, w, epilogue, GemmMma::Wide)
+}
+
+/// [`gemm_lora`] on the tensor-core path `mma` ([`GemmMma::Wgmma`]: the `wgmma` kernel where
+/// it takes the problem; anything else: the wide kernel).
+pub fn gemm_lora_with<R: CubeRuntime>(x: &CubeTensor<R>, w: &Nf4Device<R>, epilogue: GemmEpilogue<'_, R>, mma: GemmMma) -> Result<CubeTensor<R>, KernelError> {
     let m = check_operand(NAME, x, None, w.k)?;
     let y = empty(x, vec![m, w.n], x.dtype);
-    gemm_lora_into(x, w, epilogue, &y)?;
+    gemm_lora_into_with(x, w, epilogue, &y, mma)?;
     Ok(y)
 }
 
 /// [`gemm_lora`] into a given contiguous `[M, N]` output (tests pass a poisoned one).
 pub fn gemm_lora_into<R: CubeRuntime>(x: &CubeTensor<R>, w: &Nf4Device<R>, epilogue: GemmEpilogue<'_, R>, y: &CubeTensor<R>) -> Result<(), KernelError> {
+    gemm_lora_into_with(x, w, epilogue, y, GemmMma::Wide)
+}
+
+/// [`gemm_lora_with`] into a given contiguous `[M, N]` output.
+pub fn gemm_lora_into_with<R: CubeRuntime>(x: &CubeTensor<R>, w: &Nf4Device<R>, epilogue: GemmEpilogue<'_, R>, y: &CubeTensor<R>, mma: GemmMma) -> Result<(), KernelError> {
     let shift = w.check(NAME)?;
     let m = check_operand(NAME, x, None, w.k)?;
     check_operand(NAME, y, Some(m), w.n)?;
@@ -85,16 +97,22 @@ pub fn gemm_lora_into<R: CubeRuntime>(x: &CubeTensor<R>, w: &Nf4Device<R>, epilo
             return bad(format!("{what} is not {:?} as X is", x.dtype));
         }
     }
-    launch_wide(NAME, x, w, y, WideTerms { lora: lora.map(|(h, b)| (h, b, rank)), added: bias }, shift, false)
+    launch_wide(NAME, x, w, y, WideTerms { lora: lora.map(|(h, b)| (h, b, rank)), added: bias }, shift, false, mma)
 }
 
 /// `dX[M, K] = dY[M, N] W + addend` as a new tensor of `dY`'s dtype: `dY` contiguous bf16/f16,
 /// `N % 64 == 0`, `K % 32 == 0`, `addend` a contiguous `[M, K]` of `dY`'s dtype; anything else
 /// is an error (the caller adds in a pass of its own).
 pub fn gemm_dx_add<R: CubeRuntime>(dy: &CubeTensor<R>, w: &Nf4Device<R>, addend: &CubeTensor<R>) -> Result<CubeTensor<R>, KernelError> {
+    gemm_dx_add_with(dy, w, addend, GemmMma::Wide)
+}
+
+/// [`gemm_dx_add`] on the tensor-core path `mma` ([`GemmMma::Wgmma`]: the `wgmma` kernel where
+/// it takes the problem; anything else: the wide kernel).
+pub fn gemm_dx_add_with<R: CubeRuntime>(dy: &CubeTensor<R>, w: &Nf4Device<R>, addend: &CubeTensor<R>, mma: GemmMma) -> Result<CubeTensor<R>, KernelError> {
     let m = check_operand(DX_NAME, dy, None, w.n)?;
     let dx = empty(dy, vec![m, w.k], dy.dtype);
-    gemm_dx_add_into(dy, w, addend, &dx)?;
+    gemm_dx_add_into_with(dy, w, addend, &dx, mma)?;
     Ok(dx)
 }
 
@@ -102,6 +120,11 @@ const DX_NAME: &str = "nf4 gemm dx + addend";
 
 /// [`gemm_dx_add`] into a given contiguous `[M, K]` output (tests pass a poisoned one).
 pub fn gemm_dx_add_into<R: CubeRuntime>(dy: &CubeTensor<R>, w: &Nf4Device<R>, addend: &CubeTensor<R>, dx: &CubeTensor<R>) -> Result<(), KernelError> {
+    gemm_dx_add_into_with(dy, w, addend, dx, GemmMma::Wide)
+}
+
+/// [`gemm_dx_add_with`] into a given contiguous `[M, K]` output.
+pub fn gemm_dx_add_into_with<R: CubeRuntime>(dy: &CubeTensor<R>, w: &Nf4Device<R>, addend: &CubeTensor<R>, dx: &CubeTensor<R>, mma: GemmMma) -> Result<(), KernelError> {
     const NAME: &str = DX_NAME;
     let shift = w.check(NAME)?;
     let m = check_operand(NAME, dy, None, w.n)?;
@@ -113,7 +136,7 @@ pub fn gemm_dx_add_into<R: CubeRuntime>(dy: &CubeTensor<R>, w: &Nf4Device<R>, ad
     if w.n % BK64 != 0 || w.k % 32 != 0 {
         return Err(KernelError::Shape { kernel: NAME, what: format!("N = {} or K = {} is not a multiple of {BK64} / 32", w.n, w.k) });
     }
-    launch_wide(NAME, dy, w, dx, WideTerms { lora: None, added: Some(addend) }, shift, true)
+    launch_wide(NAME, dy, w, dx, WideTerms { lora: None, added: Some(addend) }, shift, true, mma)
 }
 
 /// Plain CPU reference of the epilogue's terms.

@@ -15,7 +15,7 @@ pub(crate) mod wide;
 #[cfg(feature = "launch")]
 pub use kernel::{gemm, gemm_into, gemm_into_with, gemm_with, GemmConfig, GemmMma, GemmRows, GemmStages};
 #[cfg(feature = "launch")]
-pub use lora::{gemm_dx_add, gemm_dx_add_into, gemm_lora, gemm_lora_into, GemmEpilogue};
+pub use lora::{gemm_dx_add, gemm_dx_add_into, gemm_dx_add_into_with, gemm_dx_add_with, gemm_lora, gemm_lora_into, gemm_lora_into_with, gemm_lora_with, GemmEpilogue};
 
 #[cfg(test)]
 mod tests;

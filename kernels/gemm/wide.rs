@@ -40,7 +40,7 @@
 //! the copies and wait at the barrier. Set `(kt + 1) % 2` was last read in step `kt - 1`,
 //! before that step's barrier, so both writes are safe.
 
-use super::kernel::BN;
+use super::kernel::{GemmMma, BN};
 use crate::device::{empty, KernelError, Nf4Device};
 use crate::gemm_dense::plan_parts;
 use crate::splitk_sum::{splitk_sum_into, Split};
@@ -305,14 +305,24 @@ impl<R: CubeRuntime> Copy for WideTerms<'_, R> {}
 /// tiles do not fill the GPU's multiprocessors is cut into `crate::gemm_dense::auto_parts` parts (f32 partials,
 /// then one sum); `dX` is never cut (its outputs at the 7B shapes have enough tiles, and its
 /// whole-matrix term is added by part 0 only).
-pub(crate) fn launch_wide<R: CubeRuntime>(kernel: &'static str, a: &CubeTensor<R>, w: &Nf4Device<R>, out: &CubeTensor<R>, terms: WideTerms<'_, R>, shift: u32, dx: bool) -> Result<(), KernelError> {
-    launch_wide_parts(kernel, a, w, out, terms, shift, dx, None)
+/// `mma` [`GemmMma::Wgmma`] sends a product the `wgmma` kernel takes there instead.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn launch_wide<R: CubeRuntime>(kernel: &'static str, a: &CubeTensor<R>, w: &Nf4Device<R>, out: &CubeTensor<R>, terms: WideTerms<'_, R>, shift: u32, dx: bool, mma: GemmMma) -> Result<(), KernelError> {
+    launch_wide_parts(kernel, a, w, out, terms, shift, dx, None, mma)
 }
 
 /// [`launch_wide`] with the forward's parts given (`None`: automatic; `bench kernels` times
 /// one part against the split).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn launch_wide_parts<R: CubeRuntime>(kernel: &'static str, a: &CubeTensor<R>, w: &Nf4Device<R>, out: &CubeTensor<R>, terms: WideTerms<'_, R>, shift: u32, dx: bool, parts: Option<usize>) -> Result<(), KernelError> {
+pub(crate) fn launch_wide_parts<R: CubeRuntime>(kernel: &'static str, a: &CubeTensor<R>, w: &Nf4Device<R>, out: &CubeTensor<R>, terms: WideTerms<'_, R>, shift: u32, dx: bool, parts: Option<usize>, mma: GemmMma) -> Result<(), KernelError> {
+    #[cfg(feature = "cuda")]
+    if mma == GemmMma::Wgmma {
+        if let Some(done) = crate::gemm_wgmma::try_launch(kernel, a, w, out, terms, shift, dx, parts, crate::gemm_wgmma::Mainloop::DEFAULT) {
+            return done;
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = mma;
     let m = a.meta.shape().first().copied().unwrap_or(0);
     let (red, cols) = if dx { (w.n, w.k) } else { (w.k, w.n) };
     let client = w.client();

@@ -170,8 +170,8 @@ pub fn gemm_dx_into_with<R: CubeRuntime>(dy: &CubeTensor<R>, w: &Nf4Device<R>, d
     let (absmax, qcodes, offset, double) = w.scale_args();
     let dy_arg = unsafe { ArrayArg::from_raw_parts(dy.handle.clone(), m * w.n / 8) };
     let dx_arg = unsafe { ArrayArg::from_raw_parts(dx.handle.clone(), m * w.k) };
-    if w.n % BK64 == 0 && w.k % 32 == 0 && config.mma == crate::gemm::GemmMma::Wide {
-        return launch_wide(NAME, dy, w, dx, WideTerms { lora: None, added: None }, shift, true);
+    if w.n % BK64 == 0 && w.k % 32 == 0 && matches!(config.mma, crate::gemm::GemmMma::Wide | crate::gemm::GemmMma::Wgmma) {
+        return launch_wide(NAME, dy, w, dx, WideTerms { lora: None, added: None }, shift, true, config.mma);
     }
     if w.n % BK64 == 0 && w.k % 32 == 0 {
         let (bm, wvec) = config.rows.rows_and_words();

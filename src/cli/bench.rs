@@ -33,6 +33,10 @@ pub struct BenchKernelsArgs {
     /// the 7B projections at 2,048 rows): ours against Burn's matmul, autotuned and fixed.
     #[arg(long, conflicts_with_all = ["quick", "attention"])]
     pub dense: bool,
+    /// Only these token counts (rows of X), comma-separated; default 1, 8, 2048, 8192 (with
+    /// `--quick`: 1, 2048).
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["attention", "dense"])]
+    pub rows: Vec<usize>,
 }
 
 /// `bench kernels`: the table of `medqlora_kernels::bench` on CUDA device 0.
@@ -44,6 +48,7 @@ fn bench_kernels(args: BenchKernelsArgs) -> anyhow::Result<()> {
         let device = medqlora_kernels::cubecl::cuda::CudaDevice::new(0);
         let client = medqlora_kernels::cubecl::cuda::CudaRuntime::client(&device);
         let (shapes, ms): (&[(usize, usize)], &[usize]) = if args.quick { (&[(3584, 3584)], &[1, 2048]) } else { (&SHAPES, &MS) };
+        let ms = if args.rows.is_empty() { ms } else { &args.rows[..] };
         println!("{HEADER}");
         if args.attention {
             medqlora_kernels::bench::attention_products(&client, &device, |r| println!("{}", format_row(r)));

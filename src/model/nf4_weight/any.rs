@@ -66,7 +66,7 @@ mod cuda {
     use burn::tensor::backend::Backend;
     use burn::tensor::ops::{FloatTensor, IntTensor};
     use burn::tensor::Tensor;
-    use medqlora_kernels::gemm::{gemm_dx_add, gemm_lora, GemmEpilogue};
+    use medqlora_kernels::gemm::{gemm_dx_add_with, gemm_lora_with, GemmEpilogue, GemmMma};
 
     type Cuda = burn::backend::Cuda<half::bf16>;
 
@@ -97,10 +97,19 @@ mod cuda {
         Ok(float(cast::<_, FloatTensor<B>>(Cuda::nf4_matmul_dx(dyc, wc)).unwrap_or_else(same)))
     }
 
-    /// Whether the wide kernel serves `rows` rows (the process's choice, more rows than the
-    /// GEMV decodes).
+    /// Whether the wide kernel (or the `wgmma` forward beside it) serves `rows` rows (the
+    /// process's choice, more rows than the GEMV decodes).
     fn wide(rows: usize) -> bool {
-        nf4_product() == Nf4Product::Fused256Wide && rows > medqlora_kernels::gemv::MAX_M
+        matches!(nf4_product(), Nf4Product::Fused256Wide | Nf4Product::Fused256Wgmma) && rows > medqlora_kernels::gemv::MAX_M
+    }
+
+    /// The wide kernels' tensor-core path for the process's choice.
+    fn mma() -> GemmMma {
+        if nf4_product() == Nf4Product::Fused256Wgmma {
+            GemmMma::Wgmma
+        } else {
+            GemmMma::Wide
+        }
     }
 
     pub(super) fn matmul_dx_add<B: Backend>(dy: &Tensor<B, 2>, w: &Nf4Prims<B>, addend: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
@@ -109,7 +118,7 @@ mod cuda {
         }
         let dev = device(&as_cuda(w)?);
         let (dyc, addc) = (cube(prim(dy.clone())).ok()?, cube(prim(addend.clone())).ok()?);
-        Some(float(back(gemm_dx_add(&dyc, &dev, &addc).ok()?)))
+        Some(float(back(gemm_dx_add_with(&dyc, &dev, &addc, mma()).ok()?)))
     }
 
     pub(super) fn matmul_t_lora<B: Backend>(x: &Tensor<B, 2>, w: &Nf4Prims<B>, h: &Tensor<B, 2>, b: &Tensor<B, 2>, bias: Option<&Tensor<B, 1>>) -> Option<Tensor<B, 2>> {
@@ -122,7 +131,7 @@ mod cuda {
             Some(t) => Some(cube(prim(t.clone())).ok()?),
             None => None,
         };
-        let y = gemm_lora(&xc, &dev, GemmEpilogue { lora: Some((&hc, &bc)), bias: biasc.as_ref() }).ok()?;
+        let y = gemm_lora_with(&xc, &dev, GemmEpilogue { lora: Some((&hc, &bc)), bias: biasc.as_ref() }, mma()).ok()?;
         Some(float(back(y)))
     }
 }

@@ -103,6 +103,13 @@ pub enum Nf4Product {
     #[value(name = "fused256-wide")]
     #[serde(rename = "fused256-wide")]
     Fused256Wide,
+    /// As `Fused256Wide`, with both products (the forward with its adapter and bias, `dX` with
+    /// its added term) on Hopper's warpgroup MMA ([`medqlora_kernels::gemm_wgmma`]:
+    /// `wgmma.mma_async`, 128 x 256 tiles, the weight decoded into shared memory while the
+    /// previous step's products run) where the GPU is sm_90 and the shape whole tiles.
+    #[value(name = "fused256-wgmma")]
+    #[serde(rename = "fused256-wgmma")]
+    Fused256Wgmma,
     /// bitsandbytes' way: the NF4 dequantization kernel writes a transient dense weight
     /// (the largest 7B one, 136 MB in bf16), then Burn's autotuned matmul; the weight is
     /// freed after the product (and dequantized again for the backward's `dY W`).
@@ -111,7 +118,7 @@ pub enum Nf4Product {
 
 impl Nf4Product {
     /// Every strategy.
-    pub const ALL: [Nf4Product; 9] = [
+    pub const ALL: [Nf4Product; 10] = [
         Nf4Product::Fused,
         Nf4Product::Fused256,
         Nf4Product::Fused256Ldmatrix,
@@ -120,6 +127,7 @@ impl Nf4Product {
         Nf4Product::Fused256TwoStage,
         Nf4Product::Fused256Ldmatrix2Stage,
         Nf4Product::Fused256Wide,
+        Nf4Product::Fused256Wgmma,
         Nf4Product::Dequantize,
     ];
 }
@@ -260,6 +268,7 @@ mod cube {
             Nf4Product::Fused256TwoStage => (GemmRows::R256, GemmMma::Wmma, GemmStages::Two),
             Nf4Product::Fused256Ldmatrix2Stage => (GemmRows::R256, GemmMma::Ldmatrix, GemmStages::Two),
             Nf4Product::Fused256Wide => (GemmRows::R256, GemmMma::Wide, GemmStages::Two),
+            Nf4Product::Fused256Wgmma => (GemmRows::R256, GemmMma::Wgmma, GemmStages::Two),
         };
         GemmConfig { rows, mma, stages }
     }
