@@ -89,6 +89,18 @@ static __device__ __forceinline__ void decode(const unsigned char* wslot, int rA
     }
 }
 
+// One 64-deep step of products with A from the 16 fragment registers `a`, B from the K-major
+// tile whose descriptor is `desc0`, waited for before returning (see the registers mainloop).
+static __device__ __forceinline__ void products_rs(float* d, unsigned* a, unsigned long long desc0) {
+    wg_fence();
+#pragma unroll
+    for (int j = 0; j < 4; ++j) wgmma_rs(d, a + 4 * j, desc0 + 2 * j);
+    wg_commit();
+    wg_wait<0>();
+    keep_acc(d);
+    keep_frags(a);
+}
+
 #if SS
 #define WD_BYTES 16384u
 #define WD_OFFSET (STAGES * (X_BYTES + W_BYTES))
@@ -193,6 +205,17 @@ extern "C" __global__ void __launch_bounds__(256, 1)
         }
     };
 
+    // A scale from its raw parts.
+    auto finish = [&](unsigned code, float rawv) { return DOUBLE ? dmap[code] * rawv + offset : rawv; };
+    // The start of step kt, once its copies have landed (the caller waited for them): visible to
+    // the async proxy and to every thread; then step kt + PREF's copies go out.
+    auto enter = [&](int kt) {
+        fence_async_smem();
+        __syncthreads();
+        if (kt + PREF < steps) issue(kt + PREF);
+        cp_commit();
+    };
+
     float d[128];
 #pragma unroll
     for (int i = 0; i < 128; ++i) d[i] = 0.f;
@@ -211,17 +234,14 @@ extern "C" __global__ void __launch_bounds__(256, 1)
     scale_parts(0, dr, cD, vD);
     cp_wait<PREF - 1>();
     __syncthreads();  // the tables, step 0's copies
-    decode_tile(sbase + STAGES * X_BYTES, sbase + WD_OFFSET + wg * 8192, wt, DOUBLE ? dmap[cD] * vD + offset : vD, tab2);
+    decode_tile(sbase + STAGES * X_BYTES, sbase + WD_OFFSET + wg * 8192, wt, finish(cD, vD), tab2);
     if (1 < steps) scale_parts(1, dr, cD, vD);
     fence_async_smem();
     wg_bar(wg);
     for (int kt = 0; kt < steps; ++kt) {
         // Step kt's X tile and step kt + 1's packed rows have landed.
         cp_wait<PREF - 2>();
-        fence_async_smem();
-        __syncthreads();
-        if (kt + PREF < steps) issue(kt + PREF);
-        cp_commit();
+        enter(kt);
         const unsigned long long da = desc_sw128(base + WD_OFFSET + (kt & 1) * WD_BYTES + wg * 8192, DX ? 1024u : 16u);
         const unsigned long long db = desc_sw128(base + (kt % STAGES) * X_BYTES);
         wg_fence();
@@ -234,7 +254,7 @@ extern "C" __global__ void __launch_bounds__(256, 1)
         // while step kt's products run.
         wg_wait<1>();
         if (kt + 1 < steps) {
-            const float sc = DOUBLE ? dmap[cD] * vD + offset : vD;
+            const float sc = finish(cD, vD);
             if (kt + 2 < steps) scale_parts(kt + 2, dr, cD, vD);
             decode_tile(sbase + STAGES * X_BYTES + ((kt + 1) % STAGES) * W_BYTES, sbase + WD_OFFSET + ((kt + 1) & 1) * WD_BYTES + wg * 8192, wt, sc, tab2);
             fence_async_smem();
@@ -251,12 +271,8 @@ extern "C" __global__ void __launch_bounds__(256, 1)
     scale_parts(0, rB, cB, vB);
     for (int kt = 0; kt < steps; ++kt) {
         cp_wait<PREF - 1>();
-        fence_async_smem();
-        __syncthreads();
-        if (kt + PREF < steps) issue(kt + PREF);
-        cp_commit();
-        const float sA = DOUBLE ? dmap[cA] * vA + offset : vA;
-        const float sB = DOUBLE ? dmap[cB] * vB + offset : vB;
+        enter(kt);
+        const float sA = finish(cA, vA), sB = finish(cB, vB);
         if (kt + 1 < steps) {
             scale_parts(kt + 1, rA, cA, vA);
             scale_parts(kt + 1, rB, cB, vB);
@@ -267,13 +283,7 @@ extern "C" __global__ void __launch_bounds__(256, 1)
         // waited for before the next decode defines their fragment registers again: ptxas
         // serializes `wgmma`s whose register inputs a non-`wgmma` instruction defines while
         // one is in flight (C7513), so this variant does not overlap the decode with them.
-        const unsigned long long desc0 = desc_sw128(base + slot * X_BYTES);
-        wg_fence();
-#pragma unroll
-        for (int j = 0; j < 4; ++j) wgmma_rs(d, fa + 4 * j, desc0 + 2 * j);
-        wg_commit();
-        wg_wait<0>();
-        keep_acc(d);
+        products_rs(d, fa, desc_sw128(base + slot * X_BYTES));
     }
 #endif
 
@@ -304,14 +314,7 @@ extern "C" __global__ void __launch_bounds__(256, 1)
             cp_wait<0>();
             fence_async_smem();
             __syncthreads();
-            const unsigned long long desc0 = desc_sw128(base);
-            wg_fence();
-#pragma unroll
-            for (int j = 0; j < 4; ++j) wgmma_rs(d, fa + 4 * j, desc0 + 2 * j);
-            wg_commit();
-            wg_wait<0>();
-            keep_acc(d);
-            keep_frags(fa);
+            products_rs(d, fa, desc_sw128(base));
         }
     }
 

@@ -97,8 +97,8 @@ mod cuda {
         Ok(float(cast::<_, FloatTensor<B>>(Cuda::nf4_matmul_dx(dyc, wc)).unwrap_or_else(same)))
     }
 
-    /// Whether the wide kernel (or the `wgmma` forward beside it) serves `rows` rows (the
-    /// process's choice, more rows than the GEMV decodes).
+    /// Whether the wide kernel (or, where it takes them, the `wgmma` products) serves `rows`
+    /// rows (the process's choice, more rows than the GEMV decodes).
     fn wide(rows: usize) -> bool {
         matches!(nf4_product(), Nf4Product::Fused256Wide | Nf4Product::Fused256Wgmma) && rows > medqlora_kernels::gemv::MAX_M
     }
