@@ -1,7 +1,7 @@
 //! The `wgmma` forward against the CPU reference (device): random shapes with partial row
 //! tiles, both dtypes, both scale layouts, one part and split reductions, the adapter and bias
 //! epilogue (the 7B `k_proj` shape among them); the input gradient with and without its
-//! added term (the 7B `k_proj` and `down_proj` shapes among them); and what each declines.
+//! added term (the 7B `k_proj` shape among them); and what each declines.
 
 use super::launch::launch_into;
 use super::Mainloop;
@@ -91,11 +91,12 @@ fn input_gradient_matches_reference() {
     let Some((client, device)) = cuda() else { return };
     let mut rng = rng("wgmma dx");
     let map = synthetic_map();
-    // (M, N, K, addend): the 7B k_proj's and down_proj's dX at 2,048 tokens, random shapes with a
+    // (M, N, K, addend): the 7B k_proj's dX at 2,048 tokens, a 56-step reduction (the 7B
+    // down_proj's own would keep the CPU reference busy for minutes), random shapes with a
     // partial last row tile and one step of the reduction.
     let cases = [
         (2048, 512, 3584, true),
-        (2048, 3584, 18944, false),
+        (512, 3584, 1024, false),
         (rng.random_range(1..600), 64 * rng.random_range(1..12), 128 * rng.random_range(1..4), false),
         (rng.random_range(1..600), 64, 128 * rng.random_range(1..4), true),
         (rng.random_range(257..600), 64 * rng.random_range(2..12), 256, true),
