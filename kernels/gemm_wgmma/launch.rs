@@ -53,7 +53,7 @@ pub(crate) enum Mainloop {
 }
 
 impl Mainloop {
-    /// The one the model's forwards take.
+    /// The one the model's products take.
     pub(crate) const DEFAULT: Mainloop = Mainloop::Shared;
 
     /// Dynamic shared memory per cube, bytes (see [`super::SHARED_BYTES`]).

@@ -8,9 +8,12 @@
 //! ~250 TFLOP/s, latency-bound (tensor pipe ~30% busy), and the NF4 products are ~72% of a
 //! training layer. `wgmma` reads the activations straight from shared memory by descriptor,
 //! runs asynchronously beside the warps' own work (here: decoding the next step's weight
-//! codes), and takes a 64 x 256 x 16 product per instruction. The weight's fragment is decoded
-//! into registers (`wgmma`'s A may come from registers) so the decoded weight never touches
-//! shared memory, and only its packed bytes (a quarter of the 16-bit tile) are copied there.
+//! codes), and takes a 64 x 256 x 16 product per instruction. Only the weight's packed bytes (a
+//! quarter of the 16-bit tile) are copied; each warpgroup decodes its 64 rows of the next step
+//! into a 16-bit tile in shared memory while the current step's products run (the default
+//! `Mainloop::Shared`). Decoding each thread's fragment straight into registers (`wgmma`'s A
+//! may come from registers; `Mainloop::Registers`) cannot overlap the two: ptxas serializes
+//! `wgmma`s whose register inputs are defined while one is in flight.
 //!
 //! Tiles: a cube computes 128 rows of `W` (output columns) against 256 rows of `X`, as the
 //! transposed product `D[n, m]`, and writes `Y` back through shared memory in 16-byte rows.
