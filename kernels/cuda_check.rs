@@ -175,23 +175,24 @@ pub fn variants<R: Runtime>(client: &ComputeClient<R>) -> Vec<Variant> {
             }
         });
     }
-    // The `wgmma` forward (CUDA C++): every variant its launcher builds.
-    for mainloop in [crate::gemm_wgmma::Mainloop::Shared, crate::gemm_wgmma::Mainloop::Registers] {
-    for bf16 in [true, false] {
-        for double in [false, true] {
-            for (out_f32, lora, bias) in [(false, false, false), (false, true, true), (true, false, false), (true, true, true), (false, true, false), (false, false, true)] {
-                let v = crate::gemm_wgmma::Variant { bf16, out_f32, double, lora, bias, mainloop, dx: false, addend: false };
-                out.push(Variant { name: format!("wgmma forward {}", v.entry().trim_start_matches("nf4_wgmma_").replace('_', " ")), task: Box::new(crate::gemm_wgmma::task(client.clone(), v)) });
-            }
-        }
-    }
-    }
-    // Its input gradient (shared-memory mainloop only), plain and with the added term.
-    for bf16 in [true, false] {
-        for double in [false, true] {
-            for addend in [false, true] {
-                let v = crate::gemm_wgmma::Variant { bf16, out_f32: false, double, lora: false, bias: false, mainloop: crate::gemm_wgmma::Mainloop::Shared, dx: true, addend };
-                out.push(Variant { name: format!("wgmma {}", v.entry().trim_start_matches("nf4_wgmma_").replace('_', " ")), task: Box::new(crate::gemm_wgmma::task(client.clone(), v)) });
+    // The `wgmma` products (CUDA C++): every variant their launcher builds; the forward in both
+    // mainloops, its input gradient (shared-memory mainloop only) plain and with its added term.
+    {
+        use crate::gemm_wgmma::{task, Mainloop, Variant as Wg};
+        let mut wgmma = |v: Wg| {
+            let kind = if v.dx { "" } else { "forward " };
+            out.push(Variant { name: format!("wgmma {kind}{}", v.entry().trim_start_matches("nf4_wgmma_").replace('_', " ")), task: Box::new(task(client.clone(), v)) });
+        };
+        for bf16 in [true, false] {
+            for double in [false, true] {
+                for mainloop in [Mainloop::Shared, Mainloop::Registers] {
+                    for (out_f32, lora, added) in [(false, false, false), (false, true, true), (true, false, false), (true, true, true), (false, true, false), (false, false, true)] {
+                        wgmma(Wg { bf16, out_f32, double, lora, added, mainloop, dx: false });
+                    }
+                }
+                for added in [false, true] {
+                    wgmma(Wg { bf16, out_f32: false, double, lora: false, added, mainloop: Mainloop::Shared, dx: true });
+                }
             }
         }
     }

@@ -1,4 +1,4 @@
-//! Source generation and launch of the `wgmma` NF4 forward (see the module docs).
+//! Source generation and launch of the `wgmma` NF4 products (see the module docs).
 
 use super::{takes, takes_dx, SHARED_BYTES, STAGES, THREADS, TILE_M, TILE_N};
 use crate::cuda_source::CudaSourceTask;
@@ -30,14 +30,12 @@ pub(crate) struct Variant {
     pub double: bool,
     /// The adapter's up-projection added.
     pub lora: bool,
-    /// A bias added.
-    pub bias: bool,
+    /// The added term: the forward's bias `[N]`, or dX's whole `[M, K]` term.
+    pub added: bool,
     /// How the decoded weight reaches the tensor cores.
     pub mainloop: Mainloop,
     /// The input gradient `dX = dY W` (else the forward).
     pub dx: bool,
-    /// dX's whole `[M, K]` term added.
-    pub addend: bool,
 }
 
 /// How the decoded weight reaches `wgmma` (see `kernel.cu`).
@@ -69,7 +67,7 @@ impl Variant {
     /// The entry point's name, e.g. `nf4_wgmma_bf16_f32_double_lora_bias`.
     pub(crate) fn entry(&self) -> String {
         let mut s = format!("nf4_wgmma_{}", if self.bf16 { "bf16" } else { "f16" });
-        for (on, tag) in [(self.dx, "_dx"), (self.mainloop == Mainloop::Shared, "_ss"), (self.out_f32, "_f32"), (self.double, "_double"), (self.lora, "_lora"), (self.bias, "_bias"), (self.addend, "_addend")] {
+        for (on, tag) in [(self.dx, "_dx"), (self.mainloop == Mainloop::Shared, "_ss"), (self.out_f32, "_f32"), (self.double, "_double"), (self.lora, "_lora"), (self.added && !self.dx, "_bias"), (self.added && self.dx, "_addend")] {
             if on {
                 s.push_str(tag);
             }
@@ -85,17 +83,17 @@ impl Variant {
         } else {
             ("__half", "f16", "__floats2half2_rn", "__float2half_rn", "__half22float2(*reinterpret_cast<const __half2*>(&u))")
         };
+        let (bias, addend) = (self.added && !self.dx, self.added && self.dx);
         // dX's added term is added to f32 staging before the one rounding.
-        let stage_f32 = self.out_f32 || self.addend;
+        let stage_f32 = self.out_f32 || addend;
         let mut s = String::new();
         s.push_str("#include <cuda_bf16.h>\n#include <cuda_fp16.h>\n");
         let _ = writeln!(s, "#define ELEM {elem}");
         let _ = writeln!(s, "#define OUT_T {}", if self.out_f32 { "float" } else { elem });
-        let _ = writeln!(s, "#define OUT_F32 {}", self.out_f32 as u8);
         let _ = writeln!(s, "#define STAGE_F32 {}\n#define STAGE_T {}", stage_f32 as u8, if stage_f32 { "float" } else { elem });
         let _ = writeln!(s, "#define TO_STAGE(v) {}", if stage_f32 { "(v)".to_string() } else { format!("{to_elem}(v)") });
-        let _ = writeln!(s, "#define DX {}\n#define ADDEND {}", self.dx as u8, self.addend as u8);
-        let _ = writeln!(s, "#define DOUBLE {}\n#define LORA {}\n#define BIAS {}", self.double as u8, self.lora as u8, self.bias as u8);
+        let _ = writeln!(s, "#define DX {}\n#define ADDEND {}", self.dx as u8, addend as u8);
+        let _ = writeln!(s, "#define DOUBLE {}\n#define LORA {}\n#define BIAS {}", self.double as u8, self.lora as u8, bias as u8);
         let _ = writeln!(s, "#define SS {}", (self.mainloop == Mainloop::Shared) as u8);
         let _ = writeln!(s, "#define STAGES {STAGES}\n#define KNAME {}", self.entry());
         // Two floats rounded into one register of two 16-bit values, the first in the low half.
@@ -146,6 +144,16 @@ pub(crate) fn task<R: Runtime>(client: ComputeClient<R>, v: Variant) -> CudaSour
     CudaSourceTask::new(client, v.entry(), source_of(v), v.mainloop.shared_bytes(), THREADS)
 }
 
+/// Whether the kernel takes `m` rows against `w` (see [`takes`], [`takes_dx`]): `dX` only in the
+/// shared-memory mainloop and without an adapter.
+fn takes_problem<R: CubeRuntime>(m: usize, w: &Nf4Device<R>, lora: bool, dx: bool, mainloop: Mainloop) -> bool {
+    if dx {
+        takes_dx(m, w.n, w.k, w.blocksize) && mainloop == Mainloop::Shared && !lora
+    } else {
+        takes(m, w.n, w.k, w.blocksize)
+    }
+}
+
 /// The product on `wgmma` into the contiguous `out` of `a`'s dtype: the forward `Y = X W^T`
 /// (with the adapter and bias of `terms`), or with `dx` the input gradient `dX = dY W` (with
 /// `terms.added` its whole added term; never split, shared-memory mainloop only). `parts`: the
@@ -154,8 +162,7 @@ pub(crate) fn task<R: Runtime>(client: ComputeClient<R>, v: Variant) -> CudaSour
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn launch_into(kernel: &'static str, a: &CubeTensor<CudaRuntime>, w: &Nf4Device<CudaRuntime>, out: &CubeTensor<CudaRuntime>, terms: WideTerms<'_, CudaRuntime>, shift: u32, dx: bool, parts: Option<usize>, mainloop: Mainloop) -> Result<(), KernelError> {
     let m = a.meta.shape().first().copied().unwrap_or(0);
-    let taken = if dx { takes_dx(m, w.n, w.k, w.blocksize) && mainloop == Mainloop::Shared && terms.lora.is_none() } else { takes(m, w.n, w.k, w.blocksize) };
-    if !taken {
+    if !takes_problem(m, w, terms.lora.is_some(), dx, mainloop) {
         return Err(KernelError::Shape { kernel, what: format!("wgmma {} does not take M {m}, N {}, K {}, blocks {} ({mainloop:?})", if dx { "dX" } else { "forward" }, w.n, w.k, w.blocksize) });
     }
     let bf16 = match a.dtype {
@@ -187,8 +194,7 @@ pub(crate) fn launch_into(kernel: &'static str, a: &CubeTensor<CudaRuntime>, w: 
     // travel as one more buffer before it, shifting the struct's slot.
     let words = params.len();
     let args = KernelArguments { buffers, info: MetadataBindingInfo { data: params, dynamic_metadata_offset: words }, tensor_maps: Vec::new() };
-    let has_added = terms.added.is_some();
-    let v = Variant { bf16, out_f32: parts > 1, double, lora: terms.lora.is_some(), bias: has_added && !dx, mainloop, dx, addend: has_added && dx };
+    let v = Variant { bf16, out_f32: parts > 1, double, lora: terms.lora.is_some(), added: terms.added.is_some(), mainloop, dx };
     let count = CubeCount::Static(tiles_m as u32, (cols / TILE_N) as u32, parts as u32);
     unsafe { client.launch_unchecked(Box::new(task(client.clone(), v)), count, args) };
     match &partials {
@@ -206,8 +212,7 @@ pub(crate) fn try_launch<R: CubeRuntime>(kernel: &'static str, a: &CubeTensor<R>
     }
     let w = (w as &dyn Any).downcast_ref::<Nf4Device<CudaRuntime>>()?;
     let m = a.meta.shape().first().copied().unwrap_or(0);
-    let taken = if dx { takes_dx(m, w.n, w.k, w.blocksize) && mainloop == Mainloop::Shared && terms.lora.is_none() } else { takes(m, w.n, w.k, w.blocksize) };
-    if !taken || !matches!(a.dtype, DType::BF16 | DType::F16) {
+    if !takes_problem(m, w, terms.lora.is_some(), dx, mainloop) || !matches!(a.dtype, DType::BF16 | DType::F16) {
         return None;
     }
     let lora = match terms.lora {
