@@ -11,6 +11,8 @@ use crate::gemm::wide::WideTerms;
 use crate::gemv::reference::matmul_t;
 use crate::testutil::{assert_close, cuda, random_nf4, rng, round_bf16, synthetic_map, uniform};
 use burn_backend::DType;
+use crate::nf4::Nf4Owned;
+use rand::rngs::StdRng;
 use rand::Rng;
 
 /// bf16 operands: the decoded weight is rounded to bf16 (<= 2^-9 relative each) and the output
@@ -25,6 +27,23 @@ fn round(v: Vec<f32>, dtype: DType) -> Vec<f32> {
     } else {
         v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
     }
+}
+
+/// Even cases bf16, odd f16, with the bound's name and value.
+fn dtype_of(case: usize) -> (DType, &'static str, f64) {
+    if case % 2 == 0 {
+        (DType::BF16, "WGMMA_BF16_REL", WGMMA_BF16_REL)
+    } else {
+        (DType::F16, "WGMMA_F16_REL", WGMMA_F16_REL)
+    }
+}
+
+/// A random `[n, k]` NF4 weight in a random scale layout and block size (64 or 128), with the
+/// two drawn.
+fn random_weight(rng: &mut StdRng, n: usize, k: usize, map: &[f32; 256]) -> (Nf4Owned, bool, usize) {
+    let double = rng.random();
+    let bs = [64, 128][rng.random_range(0..2)];
+    (random_nf4(rng, n, k, bs, double, map), double, bs)
 }
 
 #[test]
@@ -43,10 +62,8 @@ fn forward_matches_reference() {
         (rng.random_range(1..300), 128, 64 * rng.random_range(2..6), 0, false, None),
     ];
     for (case, (m, n, k, rank, biased, parts)) in cases.into_iter().enumerate() {
-        let (dtype, name, bound) = if case % 2 == 0 { (DType::BF16, "WGMMA_BF16_REL", WGMMA_BF16_REL) } else { (DType::F16, "WGMMA_F16_REL", WGMMA_F16_REL) };
-        let double = rng.random();
-        let bs = [64, 128][rng.random_range(0..2)];
-        let w = random_nf4(&mut rng, n, k, bs, double, &map);
+        let (dtype, name, bound) = dtype_of(case);
+        let (w, double, bs) = random_weight(&mut rng, n, k, &map);
         let x = round(uniform(&mut rng, m * k, 1.0), dtype);
         // The adapter's term of the same order as the base product's, so an error in it shows.
         let h = round(uniform(&mut rng, m * rank, 1.0), dtype);
@@ -102,10 +119,8 @@ fn input_gradient_matches_reference() {
         (rng.random_range(257..600), 64 * rng.random_range(2..12), 256, true),
     ];
     for (case, (m, n, k, added)) in cases.into_iter().enumerate() {
-        let (dtype, name, bound) = if case % 2 == 0 { (DType::BF16, "WGMMA_BF16_REL", WGMMA_BF16_REL) } else { (DType::F16, "WGMMA_F16_REL", WGMMA_F16_REL) };
-        let double = rng.random();
-        let bs = [64, 128][rng.random_range(0..2)];
-        let w = random_nf4(&mut rng, n, k, bs, double, &map);
+        let (dtype, name, bound) = dtype_of(case);
+        let (w, double, bs) = random_weight(&mut rng, n, k, &map);
         let dy = round(uniform(&mut rng, m * n, 1.0), dtype);
         let add = round(uniform(&mut rng, m * k, 1.0), dtype);
         let mut want = matmul_dx(&dy, m, &w.view());
