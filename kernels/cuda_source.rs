@@ -27,6 +27,13 @@ fn shared_donor(out: &mut Array<u32>, #[comptime] words: usize) {
     out[i] = s[words - 1 - i];
 }
 
+/// The hash that identifies a kernel's source in its id.
+pub fn source_hash(source: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    source.hash(&mut h);
+    h.finish()
+}
+
 /// A CUDA C++ kernel for cubecl's CUDA server (see the module docs). `R` is the runtime whose
 /// client expands the donor: CUDA's own, or the compile check's stand-in.
 pub struct CudaSourceTask<R: Runtime> {
@@ -43,12 +50,11 @@ pub struct CudaSourceTask<R: Runtime> {
 }
 
 impl<R: Runtime> CudaSourceTask<R> {
-    /// A task for `entry` in `source`, run by `threads` threads per cube with `shared_bytes`
-    /// of dynamic shared memory.
-    pub fn new(client: ComputeClient<R>, entry: String, source: Arc<String>, shared_bytes: usize, threads: u32) -> Self {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        source.hash(&mut h);
-        Self { client, entry, source, source_hash: h.finish(), shared_bytes, threads }
+    /// A task for `entry` in `source` (whose [`source_hash`] is `source_hash`: computed once by
+    /// the caller, as a task is built per launch), run by `threads` threads per cube with
+    /// `shared_bytes` of dynamic shared memory.
+    pub fn new(client: ComputeClient<R>, entry: String, source: Arc<String>, source_hash: u64, shared_bytes: usize, threads: u32) -> Self {
+        Self { client, entry, source, source_hash, shared_bytes, threads }
     }
 
     fn settings(&self) -> KernelSettings {

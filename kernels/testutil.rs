@@ -66,9 +66,26 @@ pub fn rel_l2(out: &[f32], reference: &[f32]) -> f64 {
 
 /// Panics unless `rel_l2(out, reference) <= bound`; prints the error with its bound's name.
 pub fn assert_close(what: &str, out: &[f32], reference: &[f32], bound_name: &str, bound: f64) {
+    if let Err(failure) = check_close(what, out, reference, bound_name, bound) {
+        panic!("{failure}");
+    }
+}
+
+/// [`assert_close`] that returns the failure instead of panicking (for a test that reports
+/// every failing case before it fails); the failure counts the elements off by more than 5%
+/// of the reference's RMS and those never written, and shows the first few by flat index.
+pub fn check_close(what: &str, out: &[f32], reference: &[f32], bound_name: &str, bound: f64) -> Result<(), String> {
     let e = rel_l2(out, reference);
     println!("{what}: relative L2 error {e:.3e} (bound {bound_name} = {bound:.1e})");
-    assert!(e <= bound, "{what}: relative L2 error {e:.3e} exceeds {bound_name} = {bound:.1e}");
+    if e <= bound {
+        return Ok(());
+    }
+    // What a layout error looks like: which elements are off, and whether any were never written.
+    let scale = (reference.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / reference.len().max(1) as f64).sqrt();
+    let wrong: Vec<usize> = (0..out.len()).filter(|&i| !((out[i] - reference[i]).abs() as f64 <= 0.05 * scale)).collect();
+    let unwritten = out.iter().filter(|v| v.is_nan()).count();
+    let first: Vec<String> = wrong.iter().take(6).map(|&i| format!("[{i}] {} vs {}", out[i], reference[i])).collect();
+    Err(format!("{what}: relative L2 error {e:.3e} exceeds {bound_name} = {bound:.1e}; {} of {} elements off by > 5% of the RMS ({unwritten} never written), first: {}", wrong.len(), out.len(), first.join(", ")))
 }
 
 /// Rounds to bf16 and back (round to nearest even, as the device's conversions do).

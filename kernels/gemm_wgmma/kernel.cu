@@ -121,8 +121,9 @@ static __device__ __forceinline__ void decode_tile(const unsigned char* wslot, u
     const int wg = (threadIdx.x >> 7);
     const int r = wt >> 1, h = wt & 1;
     // Forward: the slot holds 128 rows of 32 bytes, this warpgroup's rows 64 wg ..; dX: 64 rows
-    // of 64 bytes, this warpgroup's columns in bytes 32 wg ...
-    const int at = DX ? r * 64 + wg * 32 + h * 16 : (wg * 64 + r) * 32 + h * 16;
+    // of 64 bytes, this warpgroup's columns in bytes 32 wg .., the four 16-byte chunks of row r
+    // stored XOR (r / 2) % 4 (see `issue`).
+    const int at = DX ? r * 64 + (((wg * 2 + h) ^ ((r >> 1) & 3)) << 4) : (wg * 64 + r) * 32 + h * 16;
     const uint4 q = *reinterpret_cast<const uint4*>(wslot + at);
     const unsigned w[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
@@ -182,9 +183,11 @@ extern "C" __global__ void __launch_bounds__(256, 1)
             cp16(xdst + r * 128 + ((c ^ (r & 7)) << 4), x + gr * red + col + c * 8);
         }
         if (DX) {
-            // W's rows col .. col + 63, columns c0 .. c0 + 127: 64 bytes a row.
+            // W's rows col .. col + 63, columns c0 .. c0 + 127: 64 bytes a row, chunk h of row r
+            // at chunk h ^ (r / 2) % 4: a warp's decode then reads 16 rows' chunks from 8
+            // different 16-byte bank groups (4 without it: twice the shared-memory wavefronts).
             const int r = tid >> 2, h = tid & 3;
-            cp16(wbase + slot * W_BYTES + r * 64 + h * 16, packed + ((col + r) * k + c0) / 2 + h * 16);
+            cp16(wbase + slot * W_BYTES + r * 64 + ((h ^ ((r >> 1) & 3)) << 4), packed + ((col + r) * k + c0) / 2 + h * 16);
         } else {
             const int r = tid >> 1, h = tid & 1;
             cp16(wbase + slot * W_BYTES + r * 32 + h * 16, packed + ((c0 + r) * k + col) / 2 + h * 16);

@@ -131,17 +131,26 @@ fn wgmma(ty: &str, shared_a: bool) -> String {
     )
 }
 
-/// The variant's source, generated once per process.
-fn source_of(v: Variant) -> Arc<String> {
-    static SOURCES: OnceLock<Mutex<HashMap<Variant, Arc<String>>>> = OnceLock::new();
+/// The variant's entry point and source with the source's hash, made once per process: every
+/// launch builds a task, and hashing the ~20 KB source each time cost the host microseconds
+/// per product.
+fn source_of(v: Variant) -> (String, Arc<String>, u64) {
+    static SOURCES: OnceLock<Mutex<HashMap<Variant, (String, Arc<String>, u64)>>> = OnceLock::new();
     let mut map = SOURCES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    map.entry(v).or_insert_with(|| Arc::new(v.source())).clone()
+    map.entry(v)
+        .or_insert_with(|| {
+            let source = Arc::new(v.source());
+            let hash = crate::cuda_source::source_hash(&source);
+            (v.entry(), source, hash)
+        })
+        .clone()
 }
 
 /// The task for `v`, with `client` expanding its shared-memory donor (the compile check
 /// passes its own runtime's).
 pub(crate) fn task<R: Runtime>(client: ComputeClient<R>, v: Variant) -> CudaSourceTask<R> {
-    CudaSourceTask::new(client, v.entry(), source_of(v), v.mainloop.shared_bytes(), THREADS)
+    let (entry, source, hash) = source_of(v);
+    CudaSourceTask::new(client, entry, source, hash, v.mainloop.shared_bytes(), THREADS)
 }
 
 /// Whether the kernel takes `m` rows against `w` (see [`takes`], [`takes_dx`]): `dX` only in the

@@ -9,7 +9,7 @@ use crate::device::{poisoned, read_f32, upload_float, Nf4Device};
 use crate::gemm::lora::reference::add_lora_bias;
 use crate::gemm::wide::WideTerms;
 use crate::gemv::reference::matmul_t;
-use crate::testutil::{assert_close, cuda, random_nf4, rng, round_bf16, synthetic_map, uniform};
+use crate::testutil::{check_close, cuda, random_nf4, rng, round_bf16, synthetic_map, uniform};
 use burn_backend::DType;
 use crate::nf4::Nf4Owned;
 use rand::rngs::StdRng;
@@ -61,6 +61,8 @@ fn forward_matches_reference() {
         (rng.random_range(1..300), 384, 64 * rng.random_range(2..12), 64, false, Some(2)),
         (rng.random_range(1..300), 128, 64 * rng.random_range(2..6), 0, false, None),
     ];
+    // Every case runs before the test fails, so that one run shows which variants are wrong.
+    let mut failures = Vec::new();
     for (case, (m, n, k, rank, biased, parts)) in cases.into_iter().enumerate() {
         let (dtype, name, bound) = dtype_of(case);
         let (w, double, bs) = random_weight(&mut rng, n, k, &map);
@@ -81,9 +83,10 @@ fn forward_matches_reference() {
             let y = poisoned(&client, &device, vec![m, n], dtype);
             launch_into("wgmma test", &xd, &dev, &y, terms, shift, false, parts, mainloop).unwrap();
             let what = format!("wgmma {mainloop:?} {dtype:?} M={m} N={n} K={k} rank={rank} bias={biased} parts={parts:?} double={double} blocksize={bs}");
-            assert_close(&what, &read_f32(&y), &want, name, bound);
+            failures.extend(check_close(&what, &read_f32(&y), &want, name, bound).err());
         }
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]
@@ -118,6 +121,7 @@ fn input_gradient_matches_reference() {
         (rng.random_range(1..600), 64, 128 * rng.random_range(1..4), true),
         (rng.random_range(257..600), 64 * rng.random_range(2..12), 256, true),
     ];
+    let mut failures = Vec::new();
     for (case, (m, n, k, added)) in cases.into_iter().enumerate() {
         let (dtype, name, bound) = dtype_of(case);
         let (w, double, bs) = random_weight(&mut rng, n, k, &map);
@@ -135,8 +139,9 @@ fn input_gradient_matches_reference() {
         let dx = poisoned(&client, &device, vec![m, k], dtype);
         launch_into("wgmma test", &dyd, &dev, &dx, terms, shift, true, None, Mainloop::Shared).unwrap();
         let what = format!("wgmma dX {dtype:?} M={m} N={n} K={k} addend={added} double={double} blocksize={bs}");
-        assert_close(&what, &read_f32(&dx), &want, name, bound);
+        failures.extend(check_close(&what, &read_f32(&dx), &want, name, bound).err());
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
     // The registers mainloop has no dX; K = 192 is not whole tiles.
     let w = random_nf4(&mut rng, 64, 192, 64, false, &map);
     let dev = Nf4Device::upload(&client, &device, &w.view(), &map);
