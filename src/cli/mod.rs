@@ -45,12 +45,14 @@ pub struct GpuRuntimeArgs {
     #[arg(long, global = true, value_name = "FILE")]
     pub memory_log: Option<PathBuf>,
     /// How CUDA runs 16-bit NF4 products (prefill, training): fused kernels (the default
-    /// `fused256-wide`: 256-row tiles of eight 64 x 64 planes fed by `ldmatrix` + `mma.sync`,
-    /// activations copied by `cp.async`, the fastest measured; `fused256-ldmatrix`: sixteen
+    /// `fused256-wgmma`: both products on Hopper's warpgroup MMA where the GPU is sm_90 and
+    /// the shape whole tiles (else `fused256-wide`), the fastest measured; `fused256-wide`:
+    /// 256-row tiles of eight 64 x 64 planes fed by `ldmatrix` + `mma.sync`, activations
+    /// copied by `cp.async`; `fused256-ldmatrix`: sixteen
     /// 64 x 32 planes; `fused`: 128-row tiles and `wmma`; `-2stage`: two shared tile sets), or a transient
     /// dequantized weight and Burn's autotuned matmul (bitsandbytes' way; ~136 MB more memory
     /// at the 7B's largest weight).
-    #[arg(long, global = true, value_enum, default_value = "fused256-wide")]
+    #[arg(long, global = true, value_enum, default_value = "fused256-wgmma")]
     pub nf4_product: crate::model::nf4_weight::ops::Nf4Product,
     /// Which program runs CUDA's bf16/f16 causal attention forward: `flash` (one pass over the
     /// keys, the softmax online in registers; the fastest measured) or `two-pass` (the

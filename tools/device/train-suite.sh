@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU device, one call: the 7B QLoRA training benchmark (random Qwen2.5-7B text weights,
 # seq 2048, r 64, checkpointing, adamw_8bit, `--profile`) once per NF4 product strategy
-# (PRODUCTS, default "fused256-wide fused256-ldmatrix"; `PRODUCTS=dequantize` in a call of its own, as its first
+# (PRODUCTS, default "fused256-wgmma" (the default product); `PRODUCTS=dequantize` in a call of its own, as its first
 # run autotunes new matmul shapes), then the CUDA test binaries of tools/device/gpu-tests.txt (kernels against their references,
 # parity with transformers, NF4 model, LoRA gradients, batched decoding); a table last.
 # Needs .carry/ from tools/device/pack.sh, and .kcache-carry/ when a kernel cache was saved.
@@ -21,7 +21,7 @@ kcache_restore; mkdir -p .kcache /tmp/xdg/medqlora && ln -sfn "$PWD/.kcache" /tm
 bin=/tmp/mq; mkdir -p $bin
 for f in .carry/*.xz; do xz -dc "$f" > "$bin/$(basename "$f" .xz)"; chmod +x "$bin/$(basename "$f" .xz)"; done
 summary=()
-for product in ${PRODUCTS:-fused256-wide fused256-ldmatrix}; do
+for product in ${PRODUCTS:-fused256-wgmma}; do
   r=$(STEPS=3 WARMUP=1 bash tools/device/train-bench.sh mq 7b -- --optimizer adamw_8bit --profile --nf4-product "$product" "${extra[@]}" | grep "^bench train")
   echo "$r"; summary+=("7b, --nf4-product $product: ${r##*| checkpointing true | }")
   grep -E "^(memory before|profile step 3|step [03]:)" "$OUT/stderr.log" | tail -5 | cut -c1-400
