@@ -82,7 +82,9 @@ fn lora_gradients_match_finite_differences_through_nf4() {
 /// One training step's LoRA gradients (the trainer's `forward_backward`, checkpointed, all
 /// seven projections) through the NF4 base equal those through a dense base holding exactly the
 /// dequantized weights, and differ from the original dense base's by no more than NF4 rounding of
-/// the weights allows. On the CPU and, in CUDA builds, through the NF4 kernels on the GPU.
+/// the weights allows; unchanged without checkpointing (whose recompute skips `down_proj`'s
+/// frozen product, `OutputUse::TapeOnly`). On the CPU and, in CUDA builds, through the NF4
+/// kernels on the GPU.
 #[test]
 fn nf4_training_gradients_match_the_dense_path() {
     use medqlora::train::batches::Batch;
@@ -90,8 +92,11 @@ fn nf4_training_gradients_match_the_dense_path() {
     use medqlora::train::step::forward_backward;
 
     fn grads_of<B: AutodiffBackend>(model: &Qwen2ForCausalLM<B>, batch: &Batch) -> NamedTensors<B::InnerBackend> {
+        grads_with(model, batch, true)
+    }
+    fn grads_with<B: AutodiffBackend>(model: &Qwen2ForCausalLM<B>, batch: &Batch, checkpointing: bool) -> NamedTensors<B::InnerBackend> {
         let mut g = NamedTensors::new();
-        forward_backward(model, batch, 1.0 / batch.scored_tokens() as f64, true, 5, &mut g);
+        forward_backward(model, batch, 1.0 / batch.scored_tokens() as f64, checkpointing, 5, &mut g);
         g
     }
     fn flat<B: Backend>(t: &Tensor<B, 2>) -> Vec<f32> {
@@ -154,23 +159,29 @@ fn nf4_training_gradients_match_the_dense_path() {
         }
         let (g_nf4, g_deq) = (grads_of(&nf4, &batch), grads_of(&dequantized, &batch));
         let (g_dense, g_noisy) = (grads_of(&dense, &batch), grads_of(&noisy, &batch));
+        let g_plain = grads_with(&nf4, &batch, false);
         assert_eq!(g_nf4.len(), 2 * 7 * config.num_hidden_layers);
+        assert_eq!(g_plain.len(), g_nf4.len());
         // NF4 kernels vs dense matmuls on the same values: exact f32 on the CPU; TF32 tensor
         // cores on the GPU (see CUDA_F32_LOGITS_TOL).
         let same_bound = if t.name == "cpu" { 1e-5 } else { 3e-2 };
-        let (mut worst_same, mut mean_round, mut mean_noise) = (0.0f64, 0.0f64, 0.0f64);
+        let (mut worst_same, mut mean_round, mut mean_noise, mut worst_plain) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
         for (name, g) in &g_nf4 {
             let (g, want) = (flat(g), flat(&g_dense[name]));
             worst_same = worst_same.max(rel_l2(&g, &flat(&g_deq[name])));
+            worst_plain = worst_plain.max(rel_l2(&g, &flat(&g_plain[name])));
             mean_round += rel_l2(&g, &want) / g_nf4.len() as f64;
             mean_noise += rel_l2(&flat(&g_noisy[name]), &want) / g_nf4.len() as f64;
         }
         println!(
-            "{}: NF4 vs dequantized-dense gradients {worst_same:.2e} (bound {same_bound:.0e}); vs original dense: mean {mean_round:.3}, \
-             random rounding of the same size (weight error up to {weight_err:.3}): mean {mean_noise:.3}",
+            "{}: NF4 vs dequantized-dense gradients {worst_same:.2e} (bound {same_bound:.0e}); checkpointed vs not {worst_plain:.2e}; \
+             vs original dense: mean {mean_round:.3}, random rounding of the same size (weight error up to {weight_err:.3}): mean {mean_noise:.3}",
             t.name
         );
         assert!(worst_same <= same_bound, "{}: NF4 path vs dense path on the same values: {worst_same:.2e}", t.name);
+        // The same products in the same order, the recompute's `down_proj` value skipped.
+        let plain_bound = if t.name == "cpu" { 1e-6 } else { 1e-3 };
+        assert!(worst_plain <= plain_bound, "{}: NF4 gradients with checkpointing vs without: {worst_plain:.2e} > {plain_bound:.0e}", t.name);
         // The gradient change NF4 causes is the size that rounding of that magnitude causes
         // (measured ratio ~1 on the CPU; bound 2x).
         assert!(mean_round <= 2.0 * mean_noise, "{}: NF4 changes gradients by {mean_round:.3}, random rounding by {mean_noise:.3}", t.name);
@@ -250,11 +261,13 @@ fn lora_branch_matches_the_plain_ops() {
 /// A QLoRA projection as one operation (`lora::fused`: on CUDA in 16 bits, one NF4 product
 /// with the adapter's up-projection and the bias in its epilogue) against the plain ops on the
 /// CPU in f32 through the dequantized weight: output and the gradients of `x`, `A` and `B`, on
-/// a bias-carrying `q_proj`-like shape with partial tiles and on a wider one without bias.
+/// a bias-carrying `q_proj`-like shape with partial tiles and on a wider one without bias. With
+/// `OutputUse::TapeOnly` (the checkpointed recompute's `down_proj`) the same gradients.
 #[test]
 fn nf4_lora_projection_matches_the_plain_ops() {
     use burn::tensor::{Bool, DType, Int, TensorData};
     use medqlora::lora::fused::nf4_lora_linear;
+    use medqlora::model::linear::OutputUse;
     use medqlora::model::nf4_weight::Nf4Weight;
     use rand::{Rng, SeedableRng};
 
@@ -272,7 +285,7 @@ fn nf4_lora_projection_matches_the_plain_ops() {
             let drop: Vec<bool> = medqlora_kernels::dropout::reference::keep_mask(m * k, mask_seed, p).into_iter().map(|k| !k).collect();
             let data = |v: &Vec<f32>, shape: [usize; 2]| TensorData::new(v.clone(), shape);
 
-            let ours = |dtype: DType| {
+            let ours = |dtype: DType, output: OutputUse| {
                 let dev = &t.device;
                 let w = Nf4Weight::<Autodiff<B>>::from_host(&q, dev);
                 let x = Tensor::<Autodiff<B>, 2>::from_inner(Tensor::<B, 2>::from_data(data(&x, [m, k]), dev).cast(dtype)).require_grad();
@@ -280,7 +293,7 @@ fn nf4_lora_projection_matches_the_plain_ops() {
                 let b = Tensor::<Autodiff<B>, 2>::from_data(data(&b, [n, r]), dev).require_grad();
                 let bias = with_bias.then(|| Tensor::<Autodiff<B>, 1>::from_inner(Tensor::<B, 1>::from_data(TensorData::new(bias.clone(), [n]), dev).cast(dtype)));
                 let mask_seed = Tensor::<Autodiff<B>, 1, Int>::from_data(TensorData::new(mask_seed.to_vec(), [4]), dev);
-                let y = nf4_lora_linear(x.clone(), &w, bias, Some(mask_seed), a.clone(), b.clone(), s, p);
+                let y = nf4_lora_linear(x.clone(), &w, bias, Some(mask_seed), a.clone(), b.clone(), s, p, output);
                 let grads = (y.clone() * Tensor::<Autodiff<B>, 2>::from_data(data(&g, [m, n]), dev).cast(dtype)).sum().backward();
                 [y.inner().into_data(), x.grad(&grads).unwrap().into_data(), a.grad(&grads).unwrap().into_data(), b.grad(&grads).unwrap().into_data()]
             };
@@ -303,10 +316,15 @@ fn nf4_lora_projection_matches_the_plain_ops() {
             // (dequantized weight, Burn's autotuned matmul: minutes of tuning on a fresh cache).
             let runs: &[(DType, f64)] = if t.name == "cpu" { &[(DType::F32, 1e-5)] } else { &[(DType::BF16, 2e-2), (DType::F32, 1e-2)] };
             for &(dtype, bound) in runs {
-                for (what, got, want) in ["y", "dx", "dA", "dB"].into_iter().zip(&ours(dtype)).zip(&want).map(|((w, g), e)| (w, g, e)) {
-                    let e = rel_l2(&common::values(got), &common::values(want));
-                    println!("{} {dtype:?}: {m} x {k} -> {n}, bias {with_bias}: {what} relative L2 {e:.2e} (bound {bound:.0e})", t.name);
-                    assert!(e.is_finite() && e <= bound, "{} {dtype:?}: {m} x {k} -> {n}: {what} relative L2 {e:e} > {bound:e} (seed {seed})", t.name);
+                for output in [OutputUse::Value, OutputUse::TapeOnly] {
+                    let got = ours(dtype, output);
+                    // A tape-only output's value is undefined: only its gradients are compared.
+                    let compared = ["y", "dx", "dA", "dB"].into_iter().zip(&got).zip(&want).skip(usize::from(output == OutputUse::TapeOnly));
+                    for (what, got, want) in compared.map(|((w, g), e)| (w, g, e)) {
+                        let e = rel_l2(&common::values(got), &common::values(want));
+                        println!("{} {dtype:?} {output:?}: {m} x {k} -> {n}, bias {with_bias}: {what} relative L2 {e:.2e} (bound {bound:.0e})", t.name);
+                        assert!(e.is_finite() && e <= bound, "{} {dtype:?} {output:?}: {m} x {k} -> {n}: {what} relative L2 {e:e} > {bound:e} (seed {seed})", t.name);
+                    }
                 }
             }
         }

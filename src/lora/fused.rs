@@ -18,7 +18,7 @@
 
 use super::op::{Branch, Saved};
 use crate::model::autodiff_op::{cast, float, on_training_backend, prim, TrainingOp};
-use crate::model::linear::matmul_weight_t;
+use crate::model::linear::{matmul_weight_t, unread_output, OutputUse};
 use crate::model::nf4_weight::any;
 use crate::model::nf4_weight::ops::Nf4Prims;
 use crate::model::nf4_weight::Nf4Weight;
@@ -34,21 +34,26 @@ use burn::tensor::{Int, Tensor};
 /// `w [out, in]`, `bias [out]` (frozen), the dropout `seed` ([`super::dropout::draw_seed`];
 /// `None` = no dropout) and f32 `a [r, in]`, `b [out, r]`. Under the training autodiff
 /// backends one operation (gradients for `x`, and f32 ones for `a` and `b`); elsewhere the
-/// same forward without a tape.
+/// same forward without a tape. With [`OutputUse::TapeOnly`] under a training backend the
+/// output's value is left undefined and only the adapter's down-projection is computed (the
+/// backward needs nothing else); without a tape the value is always computed.
 #[allow(clippy::too_many_arguments)]
-pub fn nf4_lora_linear<B: Backend>(x: Tensor<B, 2>, w: &Nf4Weight<B>, bias: Option<Tensor<B, 1>>, seed: Option<Tensor<B, 1, Int>>, a: Tensor<B, 2>, b: Tensor<B, 2>, scaling: f64, dropout: f64) -> Tensor<B, 2> {
+pub fn nf4_lora_linear<B: Backend>(x: Tensor<B, 2>, w: &Nf4Weight<B>, bias: Option<Tensor<B, 1>>, seed: Option<Tensor<B, 1, Int>>, a: Tensor<B, 2>, b: Tensor<B, 2>, scaling: f64, dropout: f64, output: OutputUse) -> Tensor<B, 2> {
     let br = Branch::on::<B>(scaling, dropout);
-    match on_training_backend(&FusedOp { br, w, bias: bias.as_ref() }, (x, seed, a, b)) {
+    match on_training_backend(&FusedOp { br, w, bias: bias.as_ref(), output }, (x, seed, a, b)) {
         Ok(y) => y,
-        Err((x, seed, a, b)) => forward(br, x, seed.as_ref(), a, b, &w.prims(), bias.as_ref()).0,
+        Err((x, seed, a, b)) => forward(br, x, seed.as_ref(), a, b, &w.prims(), bias.as_ref(), OutputUse::Value).0,
     }
 }
 
-/// `(y, sh, a, b)`: the projection's output and what the adapter's backward keeps
-/// ([`Branch::down`]).
-#[allow(clippy::type_complexity)]
-fn forward<I: Backend>(br: Branch, x: Tensor<I, 2>, seed: Option<&Tensor<I, 1, Int>>, a: Tensor<I, 2>, b: Tensor<I, 2>, w: &Nf4Prims<I>, bias: Option<&Tensor<I, 1>>) -> (Tensor<I, 2>, Tensor<I, 2>, Tensor<I, 2>, Tensor<I, 2>) {
+/// `(y, sh, a, b)`: the projection's output (a fresh, unwritten buffer for
+/// [`OutputUse::TapeOnly`]) and what the adapter's backward keeps ([`Branch::down`]).
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+fn forward<I: Backend>(br: Branch, x: Tensor<I, 2>, seed: Option<&Tensor<I, 1, Int>>, a: Tensor<I, 2>, b: Tensor<I, 2>, w: &Nf4Prims<I>, bias: Option<&Tensor<I, 1>>, output: OutputUse) -> (Tensor<I, 2>, Tensor<I, 2>, Tensor<I, 2>, Tensor<I, 2>) {
     let (sh, a, b) = br.down(x.clone(), seed, a, b);
+    if output == OutputUse::TapeOnly {
+        return (unread_output(x.dims()[0], b.dims()[0], &x), sh, a, b);
+    }
     let y = match any::matmul_t_lora(&x, w, &sh, &b, bias) {
         Some(y) => y,
         None => {
@@ -68,6 +73,7 @@ struct FusedOp<'a, B: Backend> {
     br: Branch,
     w: &'a Nf4Weight<B>,
     bias: Option<&'a Tensor<B, 1>>,
+    output: OutputUse,
 }
 
 type Args<B> = (Tensor<B, 2>, Option<Tensor<B, 1, Int>>, Tensor<B, 2>, Tensor<B, 2>);
@@ -90,7 +96,7 @@ impl<B: Backend> TrainingOp for FusedOp<'_, B> {
         let w = cast::<_, Nf4Prims<A<I>>>(self.w.prims()).unwrap_or_else(same).inner();
         let bias = self.bias.map(|t| cast::<_, Tensor<A<I>, 1>>(t.clone()).unwrap_or_else(same).inner());
         let (x, a, b) = (x.into_primitive().tensor(), a.into_primitive().tensor(), b.into_primitive().tensor());
-        let (y, sh, ac, bc) = forward(self.br, float::<I, 2>(x.primitive.clone()), seed.as_ref(), float(a.primitive.clone()), float(b.primitive.clone()), &w, bias.as_ref());
+        let (y, sh, ac, bc) = forward(self.br, float::<I, 2>(x.primitive.clone()), seed.as_ref(), float(a.primitive.clone()), float(b.primitive.clone()), &w, bias.as_ref(), self.output);
         let out = match FusedBackward(self.br).prepare::<NoCheckpointing>([x.node.clone(), a.node.clone(), b.node.clone()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let lora = Saved { x: x.primitive, seed: seed.map(Tensor::into_primitive), sh: prim(sh), a: prim(ac), b: prim(bc) };
@@ -144,7 +150,8 @@ mod tests {
     /// Output and gradients (`x`, `A`, `B`) equal autodiff through the plain ops (the
     /// dequantized weight's product, the bias, inverted dropout, the adapter's two products),
     /// with and without dropout and bias, reductions cut and uncut; `B` random so every
-    /// gradient is non-zero.
+    /// gradient is non-zero. With [`OutputUse::TapeOnly`] the gradients are the same (the
+    /// output's value is undefined there, so only the gradients are compared).
     #[test]
     fn equals_autodiff_through_the_plain_ops() {
         let dev = Default::default();
@@ -160,16 +167,16 @@ mod tests {
         let g0 = Tensor::<Cpu, 2>::random([m, n], Distribution::Normal(0.0, 1.0), &dev);
         let seed = crate::lora::dropout::draw_seed::<Cpu>(&dev);
         for (seed, with_bias) in [(None, false), (Some(seed.clone()), true), (Some(seed), false)] {
-            let run = |fused: Option<usize>| {
+            let run = |fused: Option<(usize, OutputUse)>| {
                 let x = Tensor::<A, 2>::from_inner(x0.clone()).require_grad();
                 let a = Tensor::<A, 2>::from_inner(a0.clone()).require_grad();
                 let b = Tensor::<A, 2>::from_inner(b0.clone()).require_grad();
                 let bias = with_bias.then(|| Tensor::<A, 1>::from_inner(bias0.clone()));
                 let y = match fused {
-                    Some(min_slice) => {
+                    Some((min_slice, output)) => {
                         let br = Branch { scaling: s, dropout: p, min_slice };
                         let seed = seed.clone().map(Tensor::<A, 1, Int>::from_inner);
-                        FusedOp { br, w: &w, bias: bias.as_ref() }.on::<Cpu>((x.clone(), seed, a.clone(), b.clone())).expect("autodiff backend")
+                        FusedOp { br, w: &w, bias: bias.as_ref(), output }.on::<Cpu>((x.clone(), seed, a.clone(), b.clone())).expect("autodiff backend")
                     }
                     None => {
                         let drop = seed.as_ref().map(|sd| Tensor::<A, 2, Bool>::from_inner(crate::lora::dropout::drop_mask(sd, [m, k].into(), p, &dev)));
@@ -189,11 +196,12 @@ mod tests {
                 [y.inner(), x.grad(&grads).unwrap(), a.grad(&grads).unwrap(), b.grad(&grads).unwrap()]
             };
             let want = run(None);
-            for min_slice in [0, 16] {
-                let got = run(Some(min_slice));
-                for (what, g, w) in ["y", "dx", "dA", "dB"].iter().zip(&got).zip(&want).map(|((a, b), c)| (a, b, c)) {
+            for (min_slice, output) in [(0, OutputUse::Value), (16, OutputUse::Value), (16, OutputUse::TapeOnly)] {
+                let got = run(Some((min_slice, output)));
+                let compared = ["y", "dx", "dA", "dB"].iter().zip(&got).zip(&want).map(|((a, b), c)| (a, b, c));
+                for (what, g, w) in compared.skip(usize::from(output == OutputUse::TapeOnly)) {
                     let e = crate::model::autodiff_op::rel_l2(g, w);
-                    assert!(e < 1e-5, "{what} (min_slice {min_slice}, dropout {}, bias {with_bias}): relative L2 {e:e}", seed.is_some());
+                    assert!(e < 1e-5, "{what} (min_slice {min_slice}, {output:?}, dropout {}, bias {with_bias}): relative L2 {e:e}", seed.is_some());
                 }
             }
         }

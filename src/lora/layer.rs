@@ -4,6 +4,7 @@
 //! (bound `1 / sqrt(in)`), `B` zeros, so a fresh adapter leaves the model unchanged.
 //! Parameter names are PEFT's (`lora_A` / `lora_B` in exported files; `lora_a` / `lora_b` here).
 
+use crate::model::linear::OutputUse;
 use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
 use serde::{Deserialize, Serialize};
@@ -81,12 +82,14 @@ impl<B: Backend> LoraAdapter<B> {
     /// seq, in] -> [batch, seq, out]`: one autodiff operation under training, and on CUDA one
     /// NF4 product with the adapter's up-projection and the bias in its epilogue
     /// ([`super::fused::nf4_lora_linear`]).
-    pub fn forward_nf4(&self, x: Tensor<B, 3>, w: &crate::model::nf4_weight::Nf4Weight<B>, bias: Option<Tensor<B, 1>>) -> Tensor<B, 3> {
+    /// With [`OutputUse::TapeOnly`] the frozen product is skipped and the output's value is
+    /// undefined (its gradients are the same).
+    pub fn forward_nf4(&self, x: Tensor<B, 3>, w: &crate::model::nf4_weight::Nf4Weight<B>, bias: Option<Tensor<B, 1>>, output: OutputUse) -> Tensor<B, 3> {
         let [b, s, k] = x.dims();
         let out = self.lora_b.val().dims()[0];
         let x = x.reshape([b * s, k]);
         let seed = (self.training && self.dropout > 0.0).then(|| super::dropout::draw_seed::<B>(&x.device()));
-        super::fused::nf4_lora_linear(x, w, bias, seed, self.lora_a.val(), self.lora_b.val(), self.scaling, self.dropout).reshape([b, s, out])
+        super::fused::nf4_lora_linear(x, w, bias, seed, self.lora_a.val(), self.lora_b.val(), self.scaling, self.dropout, output).reshape([b, s, out])
     }
 
     /// Turns input dropout on (training) or off (evaluation, generation).

@@ -16,7 +16,7 @@
 //! [`KERNEL_MIN_ROWS`] rows; `--dense-product burn` keeps Burn's matmul for both, as before.
 
 use super::autodiff_op::{cast, float, on_training_backend, prim, TrainingOp};
-use super::linear::{copies_strided_operands, matmul_weight_t};
+use super::linear::{copies_strided_operands, matmul_weight_t, unread_output, OutputUse};
 use super::split_k::{split_k_parts, split_operand, sum_parts};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -61,12 +61,19 @@ pub fn set_dense_product(product: DenseProduct) {
 /// `x [m, k] W[n, k]^T -> [m, n]` for a frozen `W`; under the training autodiff backends the
 /// operation above (gradient for `x` only), elsewhere [`matmul_weight_t`] (or the kernel).
 pub fn frozen_matmul_t<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
-    let min_split = if copies_strided_operands::<B>() { usize::MAX } else { GPU_MIN_SPLIT };
-    frozen_matmul_t_with(x, w, min_split)
+    frozen_matmul_t_for(x, w, OutputUse::Value)
 }
 
-fn frozen_matmul_t_with<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>, min_split: usize) -> Tensor<B, 2> {
-    match on_training_backend(&FrozenOp::<B>(min_split, PhantomData), (x, w)) {
+/// [`frozen_matmul_t`] whose output is read as `output` says: with [`OutputUse::TapeOnly`]
+/// under a training backend the product is not computed (its backward needs only `W`) and the
+/// output's value is undefined.
+pub fn frozen_matmul_t_for<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>, output: OutputUse) -> Tensor<B, 2> {
+    let min_split = if copies_strided_operands::<B>() { usize::MAX } else { GPU_MIN_SPLIT };
+    frozen_matmul_t_with(x, w, min_split, output)
+}
+
+fn frozen_matmul_t_with<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>, min_split: usize, output: OutputUse) -> Tensor<B, 2> {
+    match on_training_backend(&FrozenOp::<B>(min_split, output, PhantomData), (x, w)) {
         Ok(y) => y,
         Err((x, w)) => forward(x, w),
     }
@@ -109,7 +116,8 @@ fn input_grad<B: Backend>(g: Tensor<B, 2>, w: Tensor<B, 2>, min_split: usize) ->
     }
 }
 
-struct FrozenOp<B>(usize, PhantomData<B>);
+/// The split threshold of the input gradient and how the output is read.
+struct FrozenOp<B>(usize, OutputUse, PhantomData<B>);
 
 impl<B: Backend> TrainingOp for FrozenOp<B> {
     type Args = (Tensor<B, 2>, Tensor<B, 2>);
@@ -126,7 +134,11 @@ impl<B: Backend> TrainingOp for FrozenOp<B> {
         };
         let w = w.inner().into_primitive().tensor();
         let x = x.into_primitive().tensor();
-        let y = forward(float::<I, 2>(x.primitive.clone()), float::<I, 2>(w.clone()));
+        let (xt, wt) = (float::<I, 2>(x.primitive.clone()), float::<I, 2>(w.clone()));
+        let y = match self.1 {
+            OutputUse::Value => forward(xt, wt),
+            OutputUse::TapeOnly => unread_output(xt.dims()[0], wt.dims()[0], &xt),
+        };
         let out = match FrozenBackward(self.0).prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => prep.finish(w, prim(y)),
             OpsKind::UnTracked(prep) => prep.finish(prim(y)),
@@ -192,8 +204,8 @@ mod tests {
     type A = Autodiff<Cpu>;
 
     /// Output and input gradient equal autodiff through the plain product, with the reduction
-    /// cut (`n` 1,024 in 8 slices of 128) and uncut; a weight that requires a gradient is
-    /// left to autodiff (and gets one).
+    /// cut (`n` 1,024 in 8 slices of 128) and uncut, and the input gradient with the output
+    /// tape-only; a weight that requires a gradient is left to autodiff (and gets one).
     #[test]
     fn equals_autodiff_through_the_plain_product() {
         let dev = Default::default();
@@ -206,7 +218,7 @@ mod tests {
             let x = Tensor::<A, 2>::from_inner(x0.clone()).require_grad();
             let w = Tensor::<A, 2>::from_inner(w0.clone());
             let y = match min_split {
-                Some(s) => frozen_matmul_t_with(x.clone(), w, s),
+                Some(s) => frozen_matmul_t_with(x.clone(), w, s, OutputUse::Value),
                 None => x.clone().matmul(w.transpose()),
             };
             let grads = (y.clone() * Tensor::from_inner(g0.clone())).sum().backward();
@@ -218,8 +230,13 @@ mod tests {
             assert!(crate::model::autodiff_op::rel_l2(&got.0, &want.0) < 1e-6, "y (min_split {s})");
             assert!(crate::model::autodiff_op::rel_l2(&got.1, &want.1) < 1e-5, "dx (min_split {s})");
         }
+        // Tape-only (the checkpointed recompute's `down_proj`): the same input gradient.
+        let x = Tensor::<A, 2>::from_inner(x0.clone()).require_grad();
+        let y = frozen_matmul_t_with(x.clone(), Tensor::<A, 2>::from_inner(w0.clone()), 16, OutputUse::TapeOnly);
+        let grads = (y * Tensor::from_inner(g0.clone())).sum().backward();
+        assert!(crate::model::autodiff_op::rel_l2(&x.grad(&grads).unwrap(), &want.1) < 1e-5, "dx (tape-only)");
         let w = Tensor::<A, 2>::from_inner(w0).require_grad();
-        let y = frozen_matmul_t_with(Tensor::<A, 2>::from_inner(x0), w.clone(), 16);
+        let y = frozen_matmul_t_with(Tensor::<A, 2>::from_inner(x0), w.clone(), 16, OutputUse::Value);
         let grads = (y * Tensor::from_inner(g0)).sum().backward();
         assert!(w.grad(&grads).is_some(), "a trainable weight keeps its gradient");
     }

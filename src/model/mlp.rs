@@ -1,7 +1,7 @@
 //! SwiGLU MLP, transformers `models/qwen2/modeling_qwen2.py::Qwen2MLP`:
 //! `down_proj(silu(gate_proj(x)) * up_proj(x))`.
 
-use super::linear::Linear;
+use super::linear::{Linear, OutputUse};
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor};
 
@@ -19,6 +19,11 @@ pub struct Mlp<B: Backend> {
 impl<B: Backend> Mlp<B> {
     /// `x: [batch, seq, hidden] -> [batch, seq, hidden]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.down_proj.forward(super::swiglu::swiglu(self.gate_proj.forward(x.clone()), self.up_proj.forward(x)))
+        self.forward_for(x, OutputUse::Value)
+    }
+
+    /// [`Self::forward`] with `down_proj`'s output read as `output` says.
+    pub fn forward_for(&self, x: Tensor<B, 3>, output: OutputUse) -> Tensor<B, 3> {
+        self.down_proj.forward_for(super::swiglu::swiglu(self.gate_proj.forward(x.clone()), self.up_proj.forward(x)), output)
     }
 }

@@ -10,7 +10,7 @@ use super::attention::{Attention, AttentionInputs};
 use super::config::TextConfig;
 use super::embedding::Embedding;
 use super::kv_cache::KvCache;
-use super::linear::Linear;
+use super::linear::{Linear, OutputUse};
 use super::load::{LoadError, WeightStore};
 use super::mlp::Mlp;
 use super::norm::RmsNorm;
@@ -37,8 +37,15 @@ pub struct DecoderLayer<B: Backend> {
 impl<B: Backend> DecoderLayer<B> {
     /// `x: [batch, seq, hidden] -> [batch, seq, hidden]`.
     pub fn forward(&self, x: Tensor<B, 3>, inputs: &AttentionInputs<'_, B>, cache: Option<(&mut KvCache<B>, usize)>) -> Tensor<B, 3> {
+        self.forward_for(x, inputs, cache, OutputUse::Value)
+    }
+
+    /// [`Self::forward`] whose output is read as `output` says: a checkpointed backward's
+    /// recompute passes [`OutputUse::TapeOnly`] and gets the same gradients from an output
+    /// whose value is undefined (see [`OutputUse`]).
+    pub fn forward_for(&self, x: Tensor<B, 3>, inputs: &AttentionInputs<'_, B>, cache: Option<(&mut KvCache<B>, usize)>, output: OutputUse) -> Tensor<B, 3> {
         let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), inputs, cache);
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+        h.clone() + self.mlp.forward_for(self.post_attention_layernorm.forward(h), output)
     }
 
     /// The seven projections with their names relative to the layer (`self_attn.q_proj` …).

@@ -22,7 +22,7 @@ use crate::model::cross_entropy::token_nll;
 use crate::model::rope::PositionIds;
 use crate::model::text::causal_mask;
 use crate::model::Qwen2ForCausalLM;
-use crate::model::linear::Linear;
+use crate::model::linear::{Linear, OutputUse};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Int, Tensor, TensorData};
@@ -311,7 +311,8 @@ impl<B: AutodiffBackend> MicroStep<'_, B> {
                 None => {
                     let x = Tensor::<B, 3>::from_inner(saved.pop().expect("one saved input per layer")).require_grad();
                     B::seed(&device, layer_seed(seed, i));
-                    let y = layer.forward(x.clone(), &inputs, None);
+                    // Nothing reads the recomputed output, only its tape (`OutputUse`).
+                    let y = layer.forward_for(x.clone(), &inputs, None, OutputUse::TapeOnly);
                     (x, y)
                 }
             };

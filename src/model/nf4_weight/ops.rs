@@ -97,9 +97,9 @@ pub enum Nf4Product {
     Fused256Ldmatrix2Stage,
     /// The wide-plane kernels ([`medqlora_kernels::gemm::GemmMma::Wide`]): 256-row tiles of 8
     /// planes of 64 x 64, two tile sets, the activation tile copied by `cp.async`.
-    /// The default: 1.11-1.14x `Fused256Ldmatrix`'s forward on the 7B MLP shapes, 2,748
-    /// against 2,642 tokens/s for the 7B training step (H100, BENCHMARKS.md, 2026-12-06).
-    #[default]
+    /// The default until 2026-12-07: 1.11-1.14x `Fused256Ldmatrix`'s forward on the 7B MLP
+    /// shapes, 2,748 against 2,642 tokens/s for the 7B training step (H100, BENCHMARKS.md,
+    /// 2026-12-06); still what `Fused256Wgmma` runs where `wgmma` declines.
     #[value(name = "fused256-wide")]
     #[serde(rename = "fused256-wide")]
     Fused256Wide,
@@ -107,6 +107,9 @@ pub enum Nf4Product {
     /// its added term) on Hopper's warpgroup MMA ([`medqlora_kernels::gemm_wgmma`]:
     /// `wgmma.mma_async`, 128 x 256 tiles, the weight decoded into shared memory while the
     /// previous step's products run) where the GPU is sm_90 and the shape whole tiles.
+    /// The default: its forward 1.24-1.43x the wide kernel's at the 7B shapes (k/v 1.00x),
+    /// 0.47-0.49 against 0.53 s for the 7B training step (H100, BENCHMARKS.md, 2026-12-07).
+    #[default]
     #[value(name = "fused256-wgmma")]
     #[serde(rename = "fused256-wgmma")]
     Fused256Wgmma,
@@ -141,7 +144,7 @@ pub fn set_nf4_product(product: Nf4Product) {
     NF4_PRODUCT.store(i as u8, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// The strategy [`set_nf4_product`] chose (the default: `fused256-wide`).
+/// The strategy [`set_nf4_product`] chose (the default: `fused256-wgmma`).
 pub fn nf4_product() -> Nf4Product {
     let i = NF4_PRODUCT.load(std::sync::atomic::Ordering::Relaxed) as usize;
     Nf4Product::ALL.get(i).copied().unwrap_or_default()
