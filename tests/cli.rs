@@ -34,6 +34,11 @@ fn bad_input_is_named_with_the_fix() {
     let (ok, _, err) = medqlora(&["generate", "--model", tiny, "--prompt", "hi", "--top-p", "0"]);
     assert!(!ok && err.contains("--top-p"), "{err}");
 
+    // The cause once, though the library's message already names it (anyhow's chain repeats it).
+    let (ok, _, err) = medqlora(&["train", "/no/such/recipe.toml"]);
+    let cause = std::fs::read("/no/such/recipe.toml").unwrap_err().to_string();
+    assert!(!ok && err.contains("/no/such/recipe.toml") && err.matches(&cause).count() == 1, "{err}");
+
     #[cfg(not(feature = "cuda"))]
     {
         let (ok, _, err) = medqlora(&["generate", "--model", tiny, "--prompt", "hi", "--device", "cuda"]);
