@@ -9,6 +9,8 @@ use crate::testutil::{random_nf4, rng, synthetic_map, uniform};
 /// `<dY, X W^T> = <dY W, X>` in f64 up to the f32 roundings of the two products, measured
 /// against `sum |dY| |W| |X|`: the two sides are sums of signed terms that can cancel to far
 /// below that scale, where a bound relative to the result itself fails on honest roundings.
+/// The bound is the worst case of those roundings: f32 dot products of K = 80 and N = 48 terms
+/// err by at most (81 + 49) u ~ 7.7e-6 of that scale (u = 2^-24); measured runs stay near 1e-9.
 const ADJOINT_REL: f64 = 1e-5;
 
 #[test]
